@@ -1,0 +1,93 @@
+# streambus: plain GNU make.  `make run` and `make check` do everything on a
+# fresh Debian machine (see README.md).
+
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+CC       ?= cc
+PKGS     := libevent hiredis jansson libmicrohttpd inih
+DEB_PKGS := build-essential pkg-config libevent-dev libhiredis-dev \
+            libjansson-dev libmicrohttpd-dev check libinih-dev \
+            redis-server redis-tools mandoc
+SANITIZE ?=
+
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Iinclude \
+            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+ifneq ($(SANITIZE),)
+CFLAGS   += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS  += -fsanitize=$(SANITIZE)
+endif
+
+CORE_SRCS   := src/log.c src/config.c src/proto.c src/metrics.c src/redis.c \
+               src/broker.c src/conn.c src/http.c src/util.c
+CORE_OBJS   := $(CORE_SRCS:.c=.o)
+CLIENT_OBJS := src/client.o
+BINS        := src/streambusd src/streambus-cli perf/streambus-bench
+
+CHECK_LIBS  := $(shell pkg-config --libs check 2>/dev/null)
+UNIT_TESTS  := tests/check_proto tests/check_config tests/check_metrics
+INTEG_TESTS := tests/check_integration
+TESTS       := $(UNIT_TESTS) $(INTEG_TESTS)
+
+.PHONY: all deps run check unit integration bench chaos clean install uninstall
+
+all: $(BINS)
+
+src/%.o: src/%.c $(wildcard include/*.h)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+src/streambusd: src/main.o $(CORE_OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+src/streambus-cli: src/cli.o $(CLIENT_OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+perf/streambus-bench: perf/bench.c $(CLIENT_OBJS) $(wildcard include/*.h)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ perf/bench.c $(CLIENT_OBJS) $(LDLIBS)
+
+tests/%.o: tests/%.c $(wildcard include/*.h tests/*.h)
+	$(CC) $(CFLAGS) -Itests -c -o $@ $<
+
+tests/check_%: tests/check_%.o tests/harness.o $(CORE_OBJS) $(CLIENT_OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CHECK_LIBS)
+
+# Installs what the build and the tests need: as root with apt-get, otherwise
+# prints the command to run.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "deps: installing$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "deps: missing packages; run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+run: deps all
+	@sh etc/run.sh etc/streambus.conf
+
+unit: $(UNIT_TESTS)
+	@for t in $(UNIT_TESTS); do ./$$t || exit 1; done
+
+integration: all $(INTEG_TESTS)
+	@for t in $(INTEG_TESTS); do ./$$t || exit 1; done
+
+check: deps
+	@$(MAKE) --no-print-directory all $(TESTS)
+	@$(MAKE) --no-print-directory unit integration
+
+bench: all
+	@sh perf/run
+
+clean:
+	rm -f src/*.o tests/*.o perf/*.o $(BINS) $(TESTS)
+
+src/broker_lua.h: src/broker.lua
+	awk 'BEGIN { print "/* generated from broker.lua by make */"; print "static const char broker_lua[] =" } \
+	  { gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); print "\t\"" $$0 "\\n\"" } END { print ";" }' $< > $@
+
+src/broker.o: src/broker_lua.h

@@ -1,0 +1,52 @@
+/*
+ * redis.h: one Redis connection ("link") over hiredis async on the loop,
+ * with its own handshake (AUTH, SELECT, PING), reconnection with capped
+ * exponential backoff and jitter, and an inflight count.  hiredis 0.14 does
+ * not reconnect: a lost link answers every pending command with a NULL reply
+ * and is rebuilt from scratch.
+ */
+#ifndef REDIS_H
+#define REDIS_H
+
+#include <stddef.h>
+#include <hiredis/hiredis.h>
+
+#include "config.h"
+
+struct event_base;
+struct redis_link;
+
+/* reply is NULL when the link was lost before Redis answered. */
+typedef void redis_cb(redisReply *reply, void *arg);
+typedef void redis_state_cb(struct redis_link *link, int up, void *arg);
+
+enum redis_state { REDIS_DOWN, REDIS_CONNECTING, REDIS_HANDSHAKE, REDIS_UP, REDIS_CLOSED };
+
+struct redis_link *redis_link_new(struct event_base *base, const char *name,
+    redis_state_cb *on_state, void *arg);
+/* Connect (or reconnect) with the current settings. */
+void redis_link_start(struct redis_link *l);
+/* Drop the connection; pending commands get NULL; reconnects later. */
+void redis_link_reset(struct redis_link *l, const char *why);
+/* Close for good: pending commands get NULL, no reconnect, then free. */
+void redis_link_free(struct redis_link *l);
+
+int redis_link_up(const struct redis_link *l);
+size_t redis_link_inflight(const struct redis_link *l);
+const char *redis_link_name(const struct redis_link *l);
+
+/* -1 when the link is not up (nothing sent). */
+int redis_cmd_argv(struct redis_link *l, redis_cb *cb, void *arg, int argc,
+    const char **argv, const size_t *argvlen);
+int redis_cmd(struct redis_link *l, redis_cb *cb, void *arg, const char *fmt, ...);
+
+/* Where to connect and how to log in; applies to links started after. */
+void redis_configure(const struct config *cfg);
+/* Number of links connected or connecting. */
+int redis_link_count(void);
+
+/* Reply helpers. */
+int redis_reply_is_error(const redisReply *r);
+int redis_reply_error_is(const redisReply *r, const char *prefix);
+
+#endif

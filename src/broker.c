@@ -1,0 +1,1697 @@
+/*
+ * broker.c: streams, consumer groups and subscriptions on Redis Streams.
+ *
+ * Design.  One libevent loop owns everything here.  Redis connections are
+ * bounded by groups, never by clients:
+ *  - one pipelined "command" link carries every publish, ack, claim, release
+ *    and stats query, in order;
+ *  - each consumer group has one "reader" link for its blocking XREADGROUP
+ *    (a blocked read holds its connection, so it cannot share the command
+ *    link).  The reader serves the group's subscriptions round-robin, one
+ *    read at a time, COUNT sized to the chosen subscription's free prefetch.
+ * Every client consumer is a Redis consumer of the same name, so Redis' PEL
+ * (owner, idle time, delivery count) is the source of truth: it survives
+ * reconnects and daemon restarts, and another daemon sharing the Redis sees
+ * the same state.  Redelivery is one mechanism: a per-group claim sweep
+ * (broker.lua "claim", every BROKER_TICK_MS) takes entries idle longer than
+ * the ack deadline, dead-letters those at max_attempts and XCLAIMs the rest
+ * to a subscription with free prefetch.  Releasing entries (unsub,
+ * disconnect, nack) sets their idle time far past any deadline so the next
+ * sweep of any daemon hands them on; a nack delay parks them in a sorted set
+ * the sweep honours.
+ *
+ * Callbacks never hold pointers to connections or subscriptions: they carry
+ * ids and look them up, so a client that left meanwhile is simply not found.
+ * Streams and groups live until the daemon exits.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "broker.h"
+#include "conn.h"
+#include "log.h"
+#include "redis.h"
+
+#include "broker_lua.h"
+
+#define BROKER_TICK_MS        250	/* claim sweeps */
+#define BROKER_POLL_MS        2000	/* gauges from XINFO */
+#define BROKER_READ_BLOCK_MS  2000	/* XREADGROUP BLOCK */
+#define BROKER_READ_MAX       256	/* entries per read */
+#define BROKER_CLAIM_MAX      128	/* entries per claim sweep */
+#define BROKER_CLAIM_SCAN     512	/* pending entries looked at per sweep */
+#define BROKER_RELEASE_CHUNK  500	/* ids per release script call */
+#define BROKER_KEY_MAX        (CONFIG_MAX_STREAM + 64)
+
+struct group {
+	struct stream      *stream;
+	char               *name;
+	char               *delay_key;	/* nack delays: id -> due ms */
+	struct redis_link  *reader;
+	int                 reading;
+	uint64_t            read_uid;	/* sub the running read is for */
+	char               *read_consumer;
+	int                 sweeping;
+	struct sub         *subs, *rr;	/* rr: next to serve */
+	int                 nsubs;
+	struct metrics_group m;
+	struct group       *next;
+};
+
+struct stream {
+	char               *name;
+	char               *key, *dlq_key;
+	struct stream_conf  conf;
+	struct group       *groups;
+	struct metrics_stream m;
+	struct stream      *next;
+};
+
+/* A request waiting for Redis. */
+struct pending {
+	uint64_t       conn_id, seq, sub_uid;
+	json_t        *rid;
+	struct stream *stream;
+	struct group  *group;
+	uint64_t       start_ns;
+	size_t         n;
+	int            batch;
+	/* stats */
+	json_t        *result;
+	int            waiting;
+	int            failed;
+};
+
+static struct broker {
+	struct event_base   *base;
+	const struct config *cfg;
+	struct redis_link   *cmd;
+	struct stream       *streams;
+	struct idmap         subs;
+	uint64_t             next_uid;
+	char                 sha[41];
+	struct event        *tick;
+	uint64_t             last_poll_ns;
+	struct evbuffer     *scratch;
+	int                  stopping;
+} B;
+
+static void group_fetch(struct group *g);
+static void group_sweep(struct group *g);
+static void sub_free(struct sub *s);
+
+/* ---- small helpers ---- */
+
+static struct pending *
+pending_new(struct conn *c, uint64_t seq, json_t *rid)
+{
+	struct pending *p = calloc(1, sizeof(*p));
+
+	if (p == NULL)
+		return NULL;
+	p->conn_id = c ? c->id : 0;
+	p->seq = seq;
+	p->rid = json_incref(rid);
+	p->start_ns = util_now_ns();
+	return p;
+}
+
+static void
+pending_free(struct pending *p)
+{
+	json_decref(p->rid);
+	json_decref(p->result);
+	free(p);
+}
+
+static void
+reply_error(struct conn *c, uint64_t seq, const json_t *rid, const char *code,
+    const char *msg)
+{
+	proto_reply_error(B.scratch, rid, code, msg);
+	conn_reply(c, seq, B.scratch);
+}
+
+static void
+reply_ok(struct conn *c, uint64_t seq, const json_t *rid)
+{
+	proto_reply_ok(B.scratch, rid);
+	conn_reply(c, seq, B.scratch);
+}
+
+/* The connection a pending reply belongs to, if it is still there. */
+static struct conn *
+pending_conn(const struct pending *p)
+{
+	return conn_find(p->conn_id);
+}
+
+static void
+pending_error(struct pending *p, const char *code, const char *msg)
+{
+	struct conn *c = pending_conn(p);
+
+	if (c != NULL)
+		reply_error(c, p->seq, p->rid, code, msg);
+}
+
+static void
+pending_ok(struct pending *p)
+{
+	struct conn *c = pending_conn(p);
+
+	if (c != NULL)
+		reply_ok(c, p->seq, p->rid);
+}
+
+/* Run broker.lua: EVALSHA once its SHA is known, EVAL before. */
+static int
+broker_script(redis_cb *cb, void *arg, int nkeys, int argc, const char **argv,
+    const size_t *argvlen)
+{
+	char nk[16];
+	int rc;
+	const char **av = malloc((argc + 3) * sizeof(*av));
+	size_t *al = malloc((argc + 3) * sizeof(*al));
+
+	if (av == NULL || al == NULL) {
+		free(av);
+		free(al);
+		return -1;
+	}
+	snprintf(nk, sizeof(nk), "%d", nkeys);
+	av[0] = B.sha[0] ? "EVALSHA" : "EVAL";
+	av[1] = B.sha[0] ? B.sha : broker_lua;
+	av[2] = nk;
+	for (int i = 0; i < 3; i++)
+		al[i] = strlen(av[i]);
+	for (int i = 0; i < argc; i++) {
+		av[i + 3] = argv[i];
+		al[i + 3] = argvlen ? argvlen[i] : strlen(argv[i]);
+	}
+	rc = redis_cmd_argv(B.cmd, cb, arg, argc + 3, av, al);
+	free(av);
+	free(al);
+	return rc;
+}
+
+static void
+broker_script_loaded(redisReply *r, void *arg)
+{
+	(void)arg;
+	if (r != NULL && r->type == REDIS_REPLY_STRING && r->len == 40)
+		memcpy(B.sha, r->str, 41);
+	else if (r != NULL)
+		log_err("broker", 0, "SCRIPT LOAD failed: %s", r->type == REDIS_REPLY_ERROR ? r->str : "?");
+}
+
+/* A script reply: NOSCRIPT means Redis lost its script cache under us. */
+static void
+broker_check_noscript(const redisReply *r)
+{
+	if (redis_reply_error_is(r, "NOSCRIPT")) {
+		B.sha[0] = '\0';
+		redis_cmd(B.cmd, broker_script_loaded, NULL, "SCRIPT LOAD %s", broker_lua);
+	}
+}
+
+/* ---- streams and groups ---- */
+
+static char *
+broker_key(const char *name, const char *suffix)
+{
+	char *k;
+
+	if (asprintf(&k, "%s%s%s", B.cfg->prefix, name, suffix) < 0)
+		return NULL;
+	return k;
+}
+
+static struct stream *
+stream_find(const char *name)
+{
+	for (struct stream *s = B.streams; s != NULL; s = s->next)
+		if (strcmp(s->name, name) == 0)
+			return s;
+	return NULL;
+}
+
+static struct stream *
+stream_get(const char *name)
+{
+	struct stream *s = stream_find(name), **tail;
+
+	if (s != NULL)
+		return s;
+	if ((s = calloc(1, sizeof(*s))) == NULL)
+		return NULL;
+	s->name = strdup(name);
+	s->key = broker_key(name, "");
+	s->dlq_key = broker_key(name, ":dlq");
+	if (s->name == NULL || s->key == NULL || s->dlq_key == NULL) {
+		free(s->name);
+		free(s->key);
+		free(s->dlq_key);
+		free(s);
+		return NULL;
+	}
+	s->conf = *config_stream(B.cfg, name);
+	s->conf.next = NULL;
+	s->m.name = s->name;
+	/* Keep declaration order stable for stats and metrics. */
+	for (tail = &B.streams; *tail != NULL; tail = &(*tail)->next)
+		;
+	*tail = s;
+	return s;
+}
+
+static void
+broker_link_metrics(void)
+{
+	struct metrics_stream **mt = NULL;
+	struct stream *s;
+
+	for (s = B.streams; s != NULL; s = s->next) {
+		if (mt != NULL)
+			*mt = &s->m;
+		mt = &s->m.next;
+		s->m.next = NULL;
+	}
+}
+
+const struct metrics_stream *
+broker_metrics(void)
+{
+	broker_link_metrics();
+	return B.streams ? &B.streams->m : NULL;
+}
+
+static void reader_state(struct redis_link *l, int up, void *arg);
+
+static struct group *
+group_find(struct stream *s, const char *name)
+{
+	for (struct group *g = s->groups; g != NULL; g = g->next)
+		if (strcmp(g->name, name) == 0)
+			return g;
+	return NULL;
+}
+
+static struct group *
+group_get(struct stream *s, const char *name)
+{
+	struct group *g = group_find(s, name), **tail;
+	char suffix[PROTO_MAX_NAME + 16];
+
+	if (g != NULL)
+		return g;
+	if ((g = calloc(1, sizeof(*g))) == NULL)
+		return NULL;
+	snprintf(suffix, sizeof(suffix), ":delay:%s", name);
+	g->stream = s;
+	g->name = strdup(name);
+	g->delay_key = broker_key(s->name, suffix);
+	if (g->name == NULL || g->delay_key == NULL) {
+		free(g->name);
+		free(g->delay_key);
+		free(g);
+		return NULL;
+	}
+	g->m.name = g->name;
+	for (tail = &s->groups; *tail != NULL; tail = &(*tail)->next)
+		;
+	*tail = g;
+	/* metrics walk groups through m.next */
+	{
+		struct metrics_group **mt = &s->m.groups;
+		while (*mt != NULL)
+			mt = &(*mt)->next;
+		*mt = &g->m;
+	}
+	return g;
+}
+
+/* The reader link exists while the group has subscriptions. */
+static int
+group_ensure_reader(struct group *g)
+{
+	char name[64];
+
+	if (g->reader != NULL)
+		return 0;
+	snprintf(name, sizeof(name), "reader:%.40s", g->name);
+	g->reader = redis_link_new(B.base, name, reader_state, g);
+	if (g->reader == NULL)
+		return -1;
+	redis_link_start(g->reader);
+	return 0;
+}
+
+static void
+reader_state(struct redis_link *l, int up, void *arg)
+{
+	struct group *g = arg;
+
+	(void)l;
+	if (!up)
+		g->reading = 0;
+	else
+		group_fetch(g);
+}
+
+/* ---- subscriptions ---- */
+
+static long
+sub_credit(const struct sub *s)
+{
+	return s->prefetch - (long)s->inflight.count;
+}
+
+/* Whether the sub can take deliveries now; keeps the paused gauge. */
+static int
+sub_can_take(struct sub *s)
+{
+	int ok = s->ready && !s->recovering && s->conn != NULL &&
+	    s->conn->state == CONN_OPEN && !B.stopping;
+	int paused = ok && (sub_credit(s) <= 0 || conn_output_full(s->conn));
+
+	if (paused != s->paused) {
+		s->paused = paused;
+		if (paused)
+			s->group->m.paused_consumers++;
+		else
+			s->group->m.paused_consumers--;
+	}
+	return ok && !paused;
+}
+
+static struct sub *
+sub_lookup(uint64_t uid)
+{
+	return idmap_get(&B.subs, uid);
+}
+
+/* Round-robin over the group's subs, starting after the last one served. */
+static struct sub *
+group_next_sub(struct group *g)
+{
+	struct sub *s = g->rr ? g->rr : g->subs;
+
+	for (int i = 0; i < g->nsubs && s != NULL; i++) {
+		struct sub *cur = s;
+		s = s->group_next ? s->group_next : g->subs;
+		if (sub_can_take(cur)) {
+			g->rr = s;
+			return cur;
+		}
+	}
+	return NULL;
+}
+
+static void
+sub_deliver(struct sub *s, const char *id, long attempt, const redisReply *fields)
+{
+	struct group *g = s->group;
+	struct proto_delivery d = { 0 };
+	uint64_t ms = 0, seq = 0;
+	char *obj = NULL;
+	json_t *o = NULL;
+
+	if (proto_parse_id(id, &ms, &seq) != 0)
+		return;
+	d.sub = s->id;
+	d.stream = g->stream->name;
+	d.group = g->name;
+	d.id = id;
+	d.attempt = attempt;
+	d.ts = (long long)ms;
+	for (size_t i = 0; fields != NULL && i + 1 < fields->elements; i += 2) {
+		const redisReply *k = fields->element[i], *v = fields->element[i + 1];
+		if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+			continue;
+		if (strcmp(k->str, "data") == 0) {
+			d.data_json = v->str;
+			d.data_len = v->len;
+		} else if (strcmp(k->str, "type") == 0) {
+			d.type = v->str;
+			d.type_len = v->len;
+		} else if (strcmp(k->str, "source") == 0) {
+			d.source = v->str;
+			d.source_len = v->len;
+		}
+	}
+	/* Entries others wrote: data must still be JSON on the wire. */
+	if (d.data_json != NULL) {
+		json_t *chk = json_loadb(d.data_json, d.data_len, JSON_DECODE_ANY, NULL);
+		if (chk == NULL) {
+			o = json_stringn(d.data_json, d.data_len);
+			obj = o ? json_dumps(o, JSON_ENCODE_ANY) : NULL;
+		}
+		json_decref(chk);
+	} else {
+		o = json_object();
+		for (size_t i = 0; fields != NULL && i + 1 < fields->elements; i += 2)
+			if (fields->element[i]->type == REDIS_REPLY_STRING &&
+			    fields->element[i + 1]->type == REDIS_REPLY_STRING)
+				json_object_setn_new(o, fields->element[i]->str,
+				    fields->element[i]->len,
+				    json_stringn(fields->element[i + 1]->str,
+				    fields->element[i + 1]->len));
+		obj = json_dumps(o, JSON_COMPACT);
+	}
+	if (obj != NULL) {
+		d.data_json = obj;
+		d.data_len = strlen(obj);
+	} else if (d.data_json == NULL) {
+		d.data_json = "null";
+		d.data_len = 4;
+	}
+	proto_encode_delivery(B.scratch, &d);
+	conn_write(s->conn, B.scratch);
+	idset_add(&s->inflight, ms, seq, util_now_ns(), (uint32_t)attempt);
+	g->m.delivered++;
+	if (attempt > 1)
+		g->m.redelivered++;
+	free(obj);
+	json_decref(o);
+}
+
+/* Release ids held by consumer (chunked: Lua's unpack has a limit).  p is
+ * the request to answer when done, or NULL. */
+static void release_done(redisReply *r, void *arg);
+
+static void
+broker_release(struct group *g, const char *consumer, const char **ids, size_t n,
+    int64_t due_ms, struct pending *p)
+{
+	char due[24];
+	const char **argv;
+
+	if (p == NULL && (p = pending_new(NULL, 0, NULL)) == NULL)
+		return;
+	argv = malloc((BROKER_RELEASE_CHUNK + 7) * sizeof(*argv));
+	if (argv == NULL) {
+		pending_error(p, "overloaded", "out of memory");
+		pending_free(p);
+		return;
+	}
+	p->group = g;
+	p->waiting = (int)((n + BROKER_RELEASE_CHUNK - 1) / BROKER_RELEASE_CHUNK);
+	snprintf(due, sizeof(due), "%lld", (long long)due_ms);
+	for (size_t off = 0; off < n; off += BROKER_RELEASE_CHUNK) {
+		size_t k = n - off < BROKER_RELEASE_CHUNK ? n - off : BROKER_RELEASE_CHUNK;
+		int argc = 0;
+		argv[argc++] = g->stream->key;
+		argv[argc++] = g->stream->dlq_key;
+		argv[argc++] = g->delay_key;
+		argv[argc++] = "release";
+		argv[argc++] = g->name;
+		argv[argc++] = consumer;
+		argv[argc++] = due;
+		for (size_t i = 0; i < k; i++)
+			argv[argc++] = ids[off + i];
+		if (broker_script(release_done, p, 3, argc, argv, NULL) != 0)
+			release_done(NULL, p);
+	}
+	free(argv);
+}
+
+static void
+release_done(redisReply *r, void *arg)
+{
+	struct pending *p = arg;
+	struct group *g = p->group;
+
+	broker_check_noscript(r);
+	if (r == NULL || redis_reply_is_error(r)) {
+		log_warn("broker", p->conn_id, "%s/%s: release failed (%s); the entries "
+		    "return after the ack deadline", g->stream->name, g->name,
+		    r ? r->str : "Redis not reachable");
+		p->failed = 1;
+	}
+	if (--p->waiting > 0)
+		return;
+	if (p->failed)
+		pending_error(p, "unavailable", "Redis is not reachable");
+	else
+		pending_ok(p);
+	pending_free(p);
+	group_sweep(g);
+}
+
+/* Ids of all deliveries a sub still holds, as strings in one block. */
+#define BROKER_ID_LEN 44
+static size_t
+sub_inflight_ids(struct sub *s, char **block, const char ***ids)
+{
+	size_t n = s->inflight.count, i = 0, k = 0;
+	const struct idset_slot *sl;
+
+	*block = malloc(n * BROKER_ID_LEN + 1);
+	*ids = malloc((n + 1) * sizeof(**ids));
+	if (*block == NULL || *ids == NULL) {
+		free(*block);
+		free(*ids);
+		*block = NULL;
+		*ids = NULL;
+		return 0;
+	}
+	while ((sl = idset_next(&s->inflight, &i)) != NULL && k < n) {
+		char *p = *block + k * BROKER_ID_LEN;
+		snprintf(p, BROKER_ID_LEN, "%llu-%llu", (unsigned long long)sl->ms,
+		    (unsigned long long)sl->seq);
+		(*ids)[k++] = p;
+	}
+	return k;
+}
+
+/* Unlink and free; its unacknowledged entries go back to the group. */
+static void
+sub_close(struct sub *s, struct pending *p)
+{
+	struct group *g = s->group;
+	char *block = NULL;
+	const char **ids = NULL;
+	size_t n = sub_inflight_ids(s, &block, &ids);
+
+	if (n > 0)
+		broker_release(g, s->consumer, ids, n, 0, p);
+	else if (p != NULL) {
+		pending_ok(p);
+		pending_free(p);
+	}
+	free(block);
+	free(ids);
+	sub_free(s);
+}
+
+static void
+group_drop_reader(struct group *g)
+{
+	if (g->reader != NULL) {
+		redis_link_free(g->reader);
+		g->reader = NULL;
+	}
+	g->reading = 0;
+}
+
+static void
+sub_free(struct sub *s)
+{
+	struct group *g = s->group;
+	struct conn *c = s->conn;
+
+	if (s->paused)
+		g->m.paused_consumers--;
+	if (s->group_prev)
+		s->group_prev->group_next = s->group_next;
+	else
+		g->subs = s->group_next;
+	if (s->group_next)
+		s->group_next->group_prev = s->group_prev;
+	if (g->rr == s)
+		g->rr = s->group_next;
+	g->nsubs--;
+	g->m.active_consumers--;
+	if (c != NULL) {
+		struct sub **pp = &c->subs;
+		while (*pp != NULL && *pp != s)
+			pp = &(*pp)->conn_next;
+		if (*pp == s)
+			*pp = s->conn_next;
+		c->nsubs--;
+	}
+	idmap_del(&B.subs, s->uid);
+	idset_free(&s->inflight);
+	free(s->consumer);
+	free(s);
+	/* An idle group gives its connection back; a running read ends
+	 * within BROKER_READ_BLOCK_MS and read_done drops it then. */
+	if (g->nsubs == 0 && !g->reading)
+		group_drop_reader(g);
+}
+
+/* ---- reading new entries ---- */
+
+/* Deliver one XREADGROUP/claim batch to sub (or release it when the sub
+ * left while Redis was answering). entries: [[id, fields], ...]. */
+static void
+group_hand_out(struct group *g, uint64_t uid, const char *consumer,
+    const redisReply *entries, int claimed)
+{
+	struct sub *s = sub_lookup(uid);
+	const char **orphans = NULL;
+	size_t norphans = 0;
+
+	if (s == NULL || s->conn == NULL || s->conn->state != CONN_OPEN)
+		orphans = calloc(entries->elements + 1, sizeof(*orphans));
+	for (size_t i = 0; i < entries->elements; i++) {
+		const redisReply *e = entries->element[i];
+		long attempt = 1;
+		if (e->type != REDIS_REPLY_ARRAY || e->elements < 2 ||
+		    e->element[0]->type != REDIS_REPLY_STRING)
+			continue;
+		if (claimed) {	/* [id, attempt, fields] */
+			if (e->elements < 3 || e->element[1]->type != REDIS_REPLY_INTEGER)
+				continue;
+			attempt = (long)e->element[1]->integer;
+		}
+		if (orphans != NULL)
+			orphans[norphans++] = e->element[0]->str;
+		else if (s != NULL)
+			sub_deliver(s, e->element[0]->str, attempt,
+			    e->element[claimed ? 2 : 1]);
+	}
+	if (norphans > 0)
+		broker_release(g, consumer, orphans, norphans, 0, NULL);
+	free(orphans);
+}
+
+static void
+read_done(redisReply *r, void *arg)
+{
+	struct group *g = arg;
+
+	g->reading = 0;
+	if (r == NULL)
+		return;		/* reader lost: reader_state resumes it */
+	if (redis_reply_is_error(r)) {
+		log_warn("broker", 0, "%s/%s: read: %s", g->stream->name, g->name, r->str);
+		if (redis_reply_error_is(r, "NOGROUP"))
+			redis_cmd(B.cmd, NULL, NULL, "XGROUP CREATE %s %s 0 MKSTREAM",
+			    g->stream->key, g->name);
+	} else if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+	    r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements >= 2 &&
+	    r->element[0]->element[1]->type == REDIS_REPLY_ARRAY)
+		group_hand_out(g, g->read_uid, g->read_consumer,
+		    r->element[0]->element[1], 0);
+	free(g->read_consumer);
+	g->read_consumer = NULL;
+	if (g->nsubs == 0) {
+		group_drop_reader(g);
+		return;
+	}
+	group_fetch(g);
+}
+
+static void
+group_fetch(struct group *g)
+{
+	struct sub *s;
+	char count[24], block[24];
+	long n;
+
+	if (g->reading || g->reader == NULL || !redis_link_up(g->reader) || B.stopping)
+		return;
+	if ((s = group_next_sub(g)) == NULL)
+		return;
+	n = sub_credit(s);
+	if (n > BROKER_READ_MAX)
+		n = BROKER_READ_MAX;
+	snprintf(count, sizeof(count), "%ld", n);
+	snprintf(block, sizeof(block), "%d", BROKER_READ_BLOCK_MS);
+	g->read_consumer = strdup(s->consumer);
+	if (g->read_consumer == NULL)
+		return;
+	{
+		const char *argv[] = { "XREADGROUP", "GROUP", g->name, s->consumer,
+		    "COUNT", count, "BLOCK", block, "STREAMS", g->stream->key, ">" };
+		if (redis_cmd_argv(g->reader, read_done, g, 11, argv, NULL) != 0) {
+			free(g->read_consumer);
+			g->read_consumer = NULL;
+			return;
+		}
+	}
+	g->reading = 1;
+	g->read_uid = s->uid;
+}
+
+/* ---- the claim sweep: deadlines, releases, dead letters, recovery ---- */
+
+static void
+claim_done(redisReply *r, void *arg)
+{
+	struct pending *p = arg;
+	struct group *g = p->group;
+	struct sub *s = sub_lookup(p->sub_uid);
+	int more = 0;
+
+	g->sweeping = 0;
+	broker_check_noscript(r);
+	if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+	    r->element[0]->type == REDIS_REPLY_ARRAY) {
+		const redisReply *out = r->element[0];
+		g->m.dead_lettered += (uint64_t)r->element[1]->integer;
+		group_hand_out(g, p->sub_uid, p->result ? json_string_value(p->result) : "",
+		    out, 1);
+		/* A full batch, or a full scan: there may be more right now. */
+		more = out->elements > 0 || r->element[1]->integer > 0;
+		if (s != NULL && s->recovering && !more) {
+			s->recovering = 0;
+			group_fetch(g);
+		}
+	} else if (r != NULL)
+		log_warn("broker", p->conn_id, "%s/%s: claim: %s", g->stream->name, g->name,
+		    r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+	pending_free(p);
+	if (more)
+		group_sweep(g);
+}
+
+/* Sweep for the next subscription that can take entries: its own pending
+ * entries first while it recovers, else anything past its deadline. */
+static void
+group_sweep(struct group *g)
+{
+	struct sub *s = NULL;
+	struct pending *p;
+	char min_idle[24], count[24], maxatt[24], now[24], scan[24];
+
+	if (g->sweeping || B.stopping || !redis_link_up(B.cmd))
+		return;
+	for (struct sub *x = g->subs; x != NULL; x = x->group_next)
+		if (x->recovering && x->ready && sub_credit(x) > 0) {
+			s = x;
+			break;
+		}
+	if (s == NULL) {
+		s = group_next_sub(g);
+		if (s == NULL)
+			return;
+	}
+	if ((p = pending_new(NULL, 0, NULL)) == NULL)
+		return;
+	p->group = g;
+	p->sub_uid = s->uid;
+	p->result = json_string(s->consumer);
+	snprintf(min_idle, sizeof(min_idle), "%ld", s->recovering ? 0 : g->stream->conf.ack_timeout_ms);
+	snprintf(count, sizeof(count), "%ld", sub_credit(s) < BROKER_CLAIM_MAX ?
+	    sub_credit(s) : BROKER_CLAIM_MAX);
+	snprintf(maxatt, sizeof(maxatt), "%ld", g->stream->conf.max_attempts);
+	snprintf(now, sizeof(now), "%lld", (long long)util_wall_ms());
+	snprintf(scan, sizeof(scan), "%d", BROKER_CLAIM_SCAN);
+	{
+		const char *argv[] = { g->stream->key, g->stream->dlq_key, g->delay_key,
+		    "claim", g->name, s->consumer, min_idle, count, maxatt, now,
+		    s->recovering ? s->consumer : "", scan };
+		if (broker_script(claim_done, p, 3, 12, argv, NULL) != 0) {
+			pending_free(p);
+			return;
+		}
+	}
+	g->sweeping = 1;
+}
+
+/* ---- publish ---- */
+
+static void
+pub_count_error(struct stream *s, const char *code)
+{
+	int e = metrics_pub_error_index(code);
+
+	if (s != NULL && e >= 0)
+		s->m.pub_errors[e]++;
+}
+
+void
+broker_pub_rejected(const char *stream, const char *code)
+{
+	pub_count_error(stream_get(stream), code);
+}
+
+static void
+pub_fail(struct pending *p, const char *code, const char *msg)
+{
+	pub_count_error(p->stream, code);
+	pending_error(p, code, msg);
+	pending_free(p);
+}
+
+/* Redis answered: the entries are stored, or (error) they are not. */
+static void
+pub_done(redisReply *r, void *arg)
+{
+	struct pending *p = arg;
+	struct conn *c;
+
+	broker_check_noscript(r);
+	if (r == NULL) {
+		pub_fail(p, "indeterminate", "the connection to Redis broke before it answered; "
+		    "retry with the same msgid");
+		return;
+	}
+	if (r->type == REDIS_REPLY_ERROR) {
+		pub_fail(p, "unavailable", r->str);
+		return;
+	}
+	p->stream->m.published += p->n;
+	metrics_observe(&p->stream->m.publish, (util_now_ns() - p->start_ns) / 1e9);
+	if ((c = pending_conn(p)) == NULL) {
+		pending_free(p);
+		return;
+	}
+	proto_ok_begin(B.scratch, p->rid);
+	if (r->type == REDIS_REPLY_STRING) {		/* plain XADD */
+		evbuffer_add_printf(B.scratch, ",\"id\":\"%s\"", r->str);
+	} else if (r->type == REDIS_REPLY_ARRAY && !p->batch && r->elements == 1) {
+		const redisReply *e = r->element[0];
+		evbuffer_add_printf(B.scratch, ",\"id\":\"%s\"%s", e->element[0]->str,
+		    e->element[1]->integer ? ",\"dup\":true" : "");
+	} else if (r->type == REDIS_REPLY_ARRAY) {
+		int dups = 0;
+		evbuffer_add(B.scratch, ",\"ids\":[", 8);
+		for (size_t i = 0; i < r->elements; i++) {
+			const redisReply *e = r->element[i];
+			evbuffer_add_printf(B.scratch, "%s\"%s\"", i ? "," : "", e->element[0]->str);
+			dups += e->element[1]->integer != 0;
+		}
+		evbuffer_add(B.scratch, "]", 1);
+		if (dups > 0) {
+			evbuffer_add(B.scratch, ",\"dups\":[", 9);
+			for (size_t i = 0, k = 0; i < r->elements; i++)
+				if (r->element[i]->element[1]->integer)
+					evbuffer_add_printf(B.scratch, "%s%zu", k++ ? "," : "", i);
+			evbuffer_add(B.scratch, "]", 1);
+		}
+	}
+	proto_end(B.scratch);
+	conn_reply(c, p->seq, B.scratch);
+	pending_free(p);
+}
+
+/* Fields of one entry: data, then type and source when known. */
+static int
+pub_fields(const struct conn *c, const struct proto_msg *m, const char **argv,
+    size_t *argvlen)
+{
+	int n = 0;
+
+	argv[n] = "data"; argvlen[n++] = 4;
+	argv[n] = m->data; argvlen[n++] = m->data_len;
+	if (m->type != NULL) {
+		argv[n] = "type"; argvlen[n++] = 4;
+		argv[n] = m->type; argvlen[n++] = strlen(m->type);
+	}
+	if (c->name[0] != '\0') {
+		argv[n] = "source"; argvlen[n++] = 6;
+		argv[n] = c->name; argvlen[n++] = strlen(c->name);
+	}
+	return n;
+}
+
+static int
+pub_send_xadd(struct conn *c, struct stream *s, const struct proto_msg *m,
+    struct pending *p)
+{
+	const char *argv[9];
+	size_t argvlen[9];
+	int n = 0;
+
+	argv[n] = "XADD"; argvlen[n++] = 4;
+	argv[n] = s->key; argvlen[n++] = strlen(s->key);
+	argv[n] = "*"; argvlen[n++] = 1;
+	n += pub_fields(c, m, argv + n, argvlen + n);
+	return redis_cmd_argv(B.cmd, pub_done, p, n, argv, argvlen);
+}
+
+/* Batches and msgid dedup: one atomic script call. */
+static int
+pub_send_script(struct conn *c, struct stream *s, const struct proto_request *req,
+    struct pending *p)
+{
+	size_t nmsgid = 0, max = 4 + req->nmsgs * 9, argc = 0;
+	const char **argv = malloc(max * sizeof(*argv));
+	size_t *argvlen = malloc(max * sizeof(*argvlen));
+	char **dedup = calloc(req->nmsgs, sizeof(*dedup));
+	char window[24], nbuf[24];
+	char (*nfs)[4] = malloc(req->nmsgs * 4);
+	int rc = -1;
+
+	if (argv == NULL || argvlen == NULL || dedup == NULL || nfs == NULL)
+		goto out;
+	/* keys first: the stream, then one dedup key per msgid */
+	argv[argc] = s->key; argvlen[argc++] = strlen(s->key);
+	for (size_t i = 0; i < req->nmsgs; i++) {
+		if (req->msgs[i].msgid == NULL)
+			continue;
+		if (asprintf(&dedup[i], "%s:dedup:%s", s->key, req->msgs[i].msgid) < 0) {
+			dedup[i] = NULL;
+			goto out;
+		}
+		argv[argc] = dedup[i]; argvlen[argc++] = strlen(dedup[i]);
+		nmsgid++;
+	}
+	snprintf(window, sizeof(window), "%ld", s->conf.dedup_window_ms);
+	snprintf(nbuf, sizeof(nbuf), "%zu", req->nmsgs);
+	argv[argc] = "pub"; argvlen[argc++] = 3;
+	argv[argc] = window; argvlen[argc++] = strlen(window);
+	argv[argc] = nbuf; argvlen[argc++] = strlen(nbuf);
+	for (size_t i = 0; i < req->nmsgs; i++) {
+		const struct proto_msg *m = &req->msgs[i];
+		size_t at;
+		int k;
+		argv[argc] = m->msgid ? m->msgid : "";
+		argvlen[argc] = strlen(argv[argc]);
+		argc++;
+		at = argc++;
+		k = pub_fields(c, m, argv + argc, argvlen + argc);
+		snprintf(nfs[i], sizeof(nfs[i]), "%d", k);
+		argv[at] = nfs[i]; argvlen[at] = strlen(nfs[i]);
+		argc += k;
+	}
+	rc = broker_script(pub_done, p, (int)(1 + nmsgid), (int)argc, argv, argvlen);
+out:
+	for (size_t i = 0; dedup != NULL && i < req->nmsgs; i++)
+		free(dedup[i]);
+	free(dedup);
+	free(argv);
+	free(argvlen);
+	free(nfs);
+	return rc;
+}
+
+static void
+broker_pub(struct conn *c, uint64_t seq, struct proto_request *req)
+{
+	struct stream *s = stream_get(req->stream);
+	struct pending *p;
+	int rc;
+
+	if (s == NULL || (p = pending_new(c, seq, req->rid)) == NULL) {
+		reply_error(c, seq, req->rid, "overloaded", "out of memory");
+		return;
+	}
+	p->stream = s;
+	p->n = req->nmsgs;
+	p->batch = req->batch;
+	if (!redis_link_up(B.cmd)) {
+		pub_fail(p, "unavailable", "Redis is not reachable; nothing was stored");
+		return;
+	}
+	if (redis_link_inflight(B.cmd) >= (size_t)B.cfg->max_inflight) {
+		pub_fail(p, "overloaded", "too many commands waiting for Redis; nothing was stored");
+		return;
+	}
+	if (!req->batch && req->msgs[0].msgid == NULL)
+		rc = pub_send_xadd(c, s, &req->msgs[0], p);
+	else
+		rc = pub_send_script(c, s, req, p);
+	if (rc != 0)
+		pub_fail(p, "unavailable", "could not send to Redis; nothing was stored");
+}
+
+/* ---- subscribe ---- */
+
+static struct sub *
+conn_sub(struct conn *c, long id)
+{
+	for (struct sub *s = c->subs; s != NULL; s = s->conn_next)
+		if (s->id == id)
+			return s;
+	return NULL;
+}
+
+static int
+group_consumer_live(const struct group *g, const char *consumer)
+{
+	for (const struct sub *s = g->subs; s != NULL; s = s->group_next)
+		if (strcmp(s->consumer, consumer) == 0)
+			return 1;
+	return 0;
+}
+
+static void
+sub_created(redisReply *r, void *arg)
+{
+	struct pending *p = arg;
+	struct sub *s = sub_lookup(p->sub_uid);
+	struct conn *c = pending_conn(p);
+
+	if (s == NULL || c == NULL) {
+		pending_free(p);
+		return;
+	}
+	if (r == NULL || (redis_reply_is_error(r) && !redis_reply_error_is(r, "BUSYGROUP"))) {
+		const char *code = r == NULL || !redis_reply_error_is(r, "ERR") ? "unavailable" : "bad_request";
+		reply_error(c, p->seq, p->rid, code, r ? r->str : "Redis connection lost");
+		sub_free(s);
+		pending_free(p);
+		return;
+	}
+	proto_ok_begin(B.scratch, p->rid);
+	evbuffer_add_printf(B.scratch, ",\"sub\":%ld,\"consumer\":", s->id);
+	proto_put_string(B.scratch, s->consumer, strlen(s->consumer));
+	proto_end(B.scratch);
+	conn_reply(c, p->seq, B.scratch);
+	pending_free(p);
+	s->ready = 1;
+	s->recovering = 1;	/* its own pending entries first */
+	if (group_ensure_reader(s->group) != 0)
+		log_err("broker", c->id, "cannot create a reader for %s", s->group->name);
+	group_sweep(s->group);
+}
+
+static void
+broker_sub(struct conn *c, uint64_t seq, struct proto_request *req)
+{
+	struct stream *st;
+	struct group *g;
+	struct sub *s;
+	struct pending *p;
+	char defname[PROTO_MAX_NAME + 32];
+	const char *consumer = req->consumer, *from = "$";
+
+	if (c->nsubs >= B.cfg->max_subs_per_conn) {
+		reply_error(c, seq, req->rid, "overloaded", "too many subscriptions on this connection");
+		return;
+	}
+	if (!redis_link_up(B.cmd)) {
+		reply_error(c, seq, req->rid, "unavailable", "Redis is not reachable");
+		return;
+	}
+	if (consumer == NULL) {
+		snprintf(defname, sizeof(defname), "%s-%llu", c->name[0] ? c->name : "client",
+		    (unsigned long long)c->id);
+		consumer = defname;
+	}
+	if ((st = stream_get(req->stream)) == NULL || (g = group_get(st, req->group)) == NULL) {
+		reply_error(c, seq, req->rid, "overloaded", "out of memory");
+		return;
+	}
+	if (group_consumer_live(g, consumer)) {
+		reply_error(c, seq, req->rid, "consumer_in_use",
+		    "that consumer is subscribed to this stream and group on a live connection");
+		return;
+	}
+	if ((s = calloc(1, sizeof(*s))) == NULL || (s->consumer = strdup(consumer)) == NULL ||
+	    (p = pending_new(c, seq, req->rid)) == NULL) {
+		if (s != NULL)
+			free(s->consumer);
+		free(s);
+		reply_error(c, seq, req->rid, "overloaded", "out of memory");
+		return;
+	}
+	s->uid = ++B.next_uid;
+	s->id = ++c->next_sub_id;
+	s->conn_id = c->id;
+	s->conn = c;
+	s->group = g;
+	s->prefetch = req->prefetch > 0 ? req->prefetch : st->conf.prefetch;
+	idset_init(&s->inflight);
+	idmap_put(&B.subs, s->uid, s);
+	s->conn_next = c->subs;
+	c->subs = s;
+	c->nsubs++;
+	s->group_next = g->subs;
+	if (g->subs)
+		g->subs->group_prev = s;
+	g->subs = s;
+	g->nsubs++;
+	g->m.active_consumers++;
+	p->sub_uid = s->uid;
+	p->group = g;
+	if (req->from != NULL)
+		from = strcmp(req->from, "all") == 0 ? "0" : strcmp(req->from, "new") == 0 ?
+		    "$" : req->from;
+	if (redis_cmd(B.cmd, sub_created, p, "XGROUP CREATE %s %s %s MKSTREAM", st->key,
+	    g->name, from) != 0)
+		sub_created(NULL, p);
+}
+
+/* ---- ack, nack, touch, unsub ---- */
+
+static void
+ack_done(redisReply *r, void *arg)
+{
+	struct pending *p = arg;
+	struct conn *c = pending_conn(p);
+
+	if (r != NULL && r->type == REDIS_REPLY_INTEGER) {
+		p->group->m.consumed += (uint64_t)r->integer;
+		if (c != NULL) {
+			proto_ok_begin(B.scratch, p->rid);
+			evbuffer_add_printf(B.scratch, ",\"acked\":%lld", r->integer);
+			proto_end(B.scratch);
+			conn_reply(c, p->seq, B.scratch);
+		}
+	} else
+		pending_error(p, "unavailable", r ? r->str : "Redis connection lost; "
+		    "the entries stay pending until acknowledged again");
+	pending_free(p);
+}
+
+/* Take ids out of the sub's in-flight set; frees prefetch credit. */
+static void
+sub_forget(struct sub *s, const char *const *ids, size_t n, int acked)
+{
+	uint64_t now = util_now_ns();
+
+	for (size_t i = 0; i < n; i++) {
+		uint64_t ms, seq, at;
+		uint32_t attempt;
+		if (proto_parse_id(ids[i], &ms, &seq) != 0 ||
+		    idset_take(&s->inflight, ms, seq, &at, &attempt) != 0)
+			continue;
+		if (acked)
+			metrics_observe(&s->group->m.processing, (now - at) / 1e9);
+	}
+}
+
+static void
+sub_kick(struct sub *s)
+{
+	if (s->recovering)
+		group_sweep(s->group);
+	group_fetch(s->group);
+	sub_can_take(s);
+}
+
+static int
+sub_cmd_ids(struct sub *s, redis_cb *cb, struct pending *p, const char *cmd,
+    const char **ids, size_t n, const char **tail, int ntail)
+{
+	const char **argv = malloc((n + 4 + ntail) * sizeof(*argv));
+	int argc = 0, rc;
+
+	if (argv == NULL)
+		return -1;
+	argv[argc++] = cmd;
+	argv[argc++] = s->group->stream->key;
+	argv[argc++] = s->group->name;
+	if (tail != NULL && strcmp(cmd, "XCLAIM") == 0) {
+		argv[argc++] = s->consumer;
+		argv[argc++] = "0";
+	}
+	for (size_t i = 0; i < n; i++)
+		argv[argc++] = ids[i];
+	for (int i = 0; i < ntail; i++)
+		argv[argc++] = tail[i];
+	rc = redis_cmd_argv(B.cmd, cb, p, argc, argv, NULL);
+	free(argv);
+	return rc;
+}
+
+static void
+touch_done(redisReply *r, void *arg)
+{
+	struct pending *p = arg;
+
+	if (r != NULL && r->type == REDIS_REPLY_ARRAY)
+		pending_ok(p);
+	else
+		pending_error(p, "unavailable", r ? r->str : "Redis connection lost");
+	pending_free(p);
+}
+
+static void
+dead_done(redisReply *r, void *arg)
+{
+	struct pending *p = arg;
+
+	broker_check_noscript(r);
+	if (r != NULL && r->type == REDIS_REPLY_INTEGER) {
+		p->group->m.dead_lettered += (uint64_t)r->integer;
+		pending_ok(p);
+	} else
+		pending_error(p, "unavailable", r ? r->str : "Redis connection lost");
+	pending_free(p);
+}
+
+/* Default nack delay: retry_delay_ms doubled per attempt, capped. */
+static int64_t
+nack_delay_ms(const struct stream_conf *sc, uint32_t attempt)
+{
+	int64_t d = sc->retry_delay_ms;
+
+	for (uint32_t i = 1; i < attempt && d < sc->retry_max_ms; i++)
+		d *= 2;
+	return d < sc->retry_max_ms ? d : sc->retry_max_ms;
+}
+
+static void
+broker_nack(struct conn *c, struct sub *s, struct pending *p, struct proto_request *req)
+{
+	struct stream *st = s->group->stream;
+	uint32_t attempt = 1;
+	int64_t delay = req->delay_ms;
+
+	for (size_t i = 0; i < req->nids; i++) {
+		uint64_t ms, seq, at;
+		uint32_t a;
+		if (proto_parse_id(req->ids[i], &ms, &seq) == 0 &&
+		    idset_take(&s->inflight, ms, seq, &at, &a) == 0 && a > attempt)
+			attempt = a;
+	}
+	if (req->dead) {
+		char now[24];
+		const char **argv = malloc((req->nids + 7) * sizeof(*argv));
+		int argc = 0;
+		if (argv == NULL) {
+			pending_error(p, "overloaded", "out of memory");
+			pending_free(p);
+			return;
+		}
+		snprintf(now, sizeof(now), "%lld", (long long)util_wall_ms());
+		argv[argc++] = st->key;
+		argv[argc++] = st->dlq_key;
+		argv[argc++] = s->group->delay_key;
+		argv[argc++] = "dead";
+		argv[argc++] = s->group->name;
+		argv[argc++] = req->reason ? req->reason : "nack";
+		argv[argc++] = now;
+		for (size_t i = 0; i < req->nids; i++)
+			argv[argc++] = req->ids[i];
+		if (broker_script(dead_done, p, 3, argc, argv, NULL) != 0)
+			dead_done(NULL, p);
+		free(argv);
+	} else {
+		if (delay < 0)
+			delay = nack_delay_ms(&st->conf, attempt);
+		broker_release(s->group, s->consumer, req->ids, req->nids,
+		    delay > 0 ? util_wall_ms() + delay : 0, p);
+	}
+	(void)c;
+	sub_kick(s);
+}
+
+static void
+broker_sub_op(struct conn *c, uint64_t seq, struct proto_request *req)
+{
+	struct sub *s = conn_sub(c, req->sub);
+	struct pending *p;
+	static const char *touch_tail[] = { "JUSTID" };
+
+	if (s == NULL) {
+		reply_error(c, seq, req->rid, "no_such_sub", "no live subscription with that number");
+		return;
+	}
+	if ((p = pending_new(c, seq, req->rid)) == NULL) {
+		reply_error(c, seq, req->rid, "overloaded", "out of memory");
+		return;
+	}
+	p->group = s->group;
+	p->sub_uid = s->uid;
+	if (req->op == OP_UNSUB) {
+		sub_close(s, p);
+		return;
+	}
+	if (!redis_link_up(B.cmd)) {
+		pending_error(p, "unavailable", "Redis is not reachable");
+		pending_free(p);
+		return;
+	}
+	switch (req->op) {
+	case OP_ACK:
+		sub_forget(s, req->ids, req->nids, 1);
+		if (sub_cmd_ids(s, ack_done, p, "XACK", req->ids, req->nids, NULL, 0) != 0)
+			ack_done(NULL, p);
+		sub_kick(s);
+		break;
+	case OP_TOUCH:
+		if (sub_cmd_ids(s, touch_done, p, "XCLAIM", req->ids, req->nids, touch_tail, 1) != 0)
+			touch_done(NULL, p);
+		break;
+	case OP_NACK:
+		broker_nack(c, s, p, req);
+		break;
+	default:
+		pending_free(p);
+		break;
+	}
+}
+
+/* ---- stats ---- */
+
+static json_t *
+stats_group_json(const redisReply *info)
+{
+	json_t *o = json_object();
+
+	for (size_t i = 0; i + 1 < info->elements; i += 2) {
+		const redisReply *k = info->element[i], *v = info->element[i + 1];
+		if (k->type != REDIS_REPLY_STRING)
+			continue;
+		if (strcmp(k->str, "name") == 0 && v->type == REDIS_REPLY_STRING)
+			json_object_set_new(o, "group", json_stringn(v->str, v->len));
+		else if (strcmp(k->str, "consumers") == 0)
+			json_object_set_new(o, "consumers", json_integer(v->integer));
+		else if (strcmp(k->str, "pending") == 0)
+			json_object_set_new(o, "pending", json_integer(v->integer));
+		else if (strcmp(k->str, "lag") == 0)
+			json_object_set_new(o, "lag", v->type == REDIS_REPLY_INTEGER ?
+			    json_integer(v->integer) : json_null());
+	}
+	return o;
+}
+
+/* Gauges of the groups this daemon knows, from one XINFO GROUPS reply. */
+static void
+stats_update_gauges(struct stream *st, const redisReply *groups)
+{
+	for (size_t i = 0; i < groups->elements; i++) {
+		json_t *o = stats_group_json(groups->element[i]);
+		struct group *g = group_find(st, json_string_value(json_object_get(o, "group")) ?
+		    json_string_value(json_object_get(o, "group")) : "");
+		if (g != NULL) {
+			g->m.pending = (uint64_t)json_integer_value(json_object_get(o, "pending"));
+			g->m.lag = (uint64_t)json_integer_value(json_object_get(o, "lag"));
+		}
+		json_decref(o);
+	}
+}
+
+struct stats_part {
+	struct pending *p;
+	json_t         *entry;		/* the stream's object in the reply */
+	struct stream  *stream;		/* NULL for streams not known here */
+	int             field;		/* 0 length, 1 dlq_length, 2 groups */
+};
+
+static void
+stats_finish(struct pending *p)
+{
+	struct conn *c;
+
+	if (--p->waiting > 0)
+		return;
+	if ((c = pending_conn(p)) != NULL) {
+		if (p->failed)
+			reply_error(c, p->seq, p->rid, "unavailable", "Redis is not reachable");
+		else {
+			proto_ok_begin(B.scratch, p->rid);
+			evbuffer_add(B.scratch, ",\"streams\":", 11);
+			proto_put_json(B.scratch, p->result);
+			proto_end(B.scratch);
+			conn_reply(c, p->seq, B.scratch);
+		}
+	}
+	pending_free(p);
+}
+
+static void
+stats_done(redisReply *r, void *arg)
+{
+	struct stats_part *sp = arg;
+	json_t *groups;
+
+	if (r == NULL)
+		sp->p->failed = 1;
+	else if (sp->field < 2)
+		json_object_set_new(sp->entry, sp->field ? "dlq_length" : "length",
+		    json_integer(r->type == REDIS_REPLY_INTEGER ? r->integer : 0));
+	else {
+		groups = json_array();
+		if (r->type == REDIS_REPLY_ARRAY) {
+			for (size_t i = 0; i < r->elements; i++)
+				json_array_append_new(groups, stats_group_json(r->element[i]));
+			if (sp->stream != NULL)
+				stats_update_gauges(sp->stream, r);
+		}
+		json_object_set_new(sp->entry, "groups", groups);
+	}
+	stats_finish(sp->p);
+	free(sp);
+}
+
+static int
+stats_query(struct pending *p, const char *name)
+{
+	json_t *entry = json_object();
+	char *key = broker_key(name, ""), *dlq = broker_key(name, ":dlq");
+	const char *cmds[3][4] = {
+		{ "XLEN", key }, { "XLEN", dlq }, { "XINFO", "GROUPS", key },
+	};
+	int argcs[3] = { 2, 2, 3 }, rc = 0;
+
+	json_object_set_new(entry, "stream", json_string(name));
+	json_array_append_new(p->result, entry);
+	for (int f = 0; f < 3; f++) {
+		struct stats_part *sp = calloc(1, sizeof(*sp));
+		if (sp == NULL) {
+			rc = -1;
+			break;
+		}
+		*sp = (struct stats_part){ p, entry, stream_find(name), f };
+		p->waiting++;
+		if (redis_cmd_argv(B.cmd, stats_done, sp, argcs[f], cmds[f], NULL) != 0) {
+			p->waiting--;
+			free(sp);
+			rc = -1;
+			break;
+		}
+	}
+	free(key);
+	free(dlq);
+	return rc;
+}
+
+static void
+broker_stats(struct conn *c, uint64_t seq, struct proto_request *req)
+{
+	struct pending *p = pending_new(c, seq, req->rid);
+	int rc = 0;
+
+	if (p == NULL || (p->result = json_array()) == NULL) {
+		if (p != NULL)
+			pending_free(p);
+		reply_error(c, seq, req->rid, "overloaded", "out of memory");
+		return;
+	}
+	if (!redis_link_up(B.cmd)) {
+		pending_error(p, "unavailable", "Redis is not reachable");
+		pending_free(p);
+		return;
+	}
+	p->waiting = 1;		/* held until every query is sent */
+	if (req->stream != NULL)
+		rc = stats_query(p, req->stream);
+	else
+		for (struct stream *s = B.streams; s != NULL && rc == 0; s = s->next)
+			rc = stats_query(p, s->name);
+	if (rc != 0)
+		p->failed = 1;
+	stats_finish(p);
+}
+
+/* Periodic gauges: XINFO GROUPS of every stream with groups here. */
+static void
+gauges_done(redisReply *r, void *arg)
+{
+	struct stream *st = arg;
+
+	if (r != NULL && r->type == REDIS_REPLY_ARRAY)
+		stats_update_gauges(st, r);
+}
+
+void
+broker_poll_gauges(void)
+{
+	for (struct stream *s = B.streams; s != NULL; s = s->next)
+		if (s->groups != NULL)
+			redis_cmd(B.cmd, gauges_done, s, "XINFO GROUPS %s", s->key);
+}
+
+/* ---- dispatch ---- */
+
+static void
+broker_hello(struct conn *c, uint64_t seq, struct proto_request *req)
+{
+	if (req->name != NULL)
+		snprintf(c->name, sizeof(c->name), "%s", req->name);
+	proto_ok_begin(B.scratch, req->rid);
+	evbuffer_add_printf(B.scratch, ",\"server\":\"streambusd\",\"version\":\"%s\","
+	    "\"proto\":%d,\"max_line\":%ld,\"max_payload\":%ld", STREAMBUS_VERSION,
+	    PROTO_VERSION, B.cfg->max_line, B.cfg->max_payload);
+	proto_end(B.scratch);
+	conn_reply(c, seq, B.scratch);
+}
+
+void
+broker_handle(struct conn *c, uint64_t seq, struct proto_request *req)
+{
+	switch (req->op) {
+	case OP_HELLO:
+		broker_hello(c, seq, req);
+		break;
+	case OP_PING:
+		reply_ok(c, seq, req->rid);
+		break;
+	case OP_PUB:
+		broker_pub(c, seq, req);
+		break;
+	case OP_SUB:
+		broker_sub(c, seq, req);
+		break;
+	case OP_ACK:
+	case OP_NACK:
+	case OP_TOUCH:
+	case OP_UNSUB:
+		broker_sub_op(c, seq, req);
+		break;
+	case OP_STATS:
+		broker_stats(c, seq, req);
+		break;
+	case OP_BYE:
+		reply_ok(c, seq, req->rid);
+		conn_close(c, "client bye", 0);
+		break;
+	case OP__COUNT:
+		reply_error(c, seq, req->rid, "internal", "unhandled op");
+		break;
+	}
+}
+
+void
+broker_conn_closed(struct conn *c)
+{
+	while (c->subs != NULL)
+		sub_close(c->subs, NULL);
+}
+
+void
+broker_conn_writable(struct conn *c)
+{
+	for (struct sub *s = c->subs; s != NULL; s = s->conn_next)
+		if (sub_can_take(s)) {
+			group_fetch(s->group);
+			group_sweep(s->group);
+		}
+}
+
+/* ---- life cycle ---- */
+
+static void
+cmd_state(struct redis_link *l, int up, void *arg)
+{
+	(void)arg;
+	metrics.redis_up = up;
+	if (!up) {
+		B.sha[0] = '\0';
+		return;
+	}
+	redis_cmd(l, broker_script_loaded, NULL, "SCRIPT LOAD %s", broker_lua);
+	/* Groups may have vanished with the data: recreate, then resume. */
+	for (struct stream *s = B.streams; s != NULL; s = s->next)
+		for (struct group *g = s->groups; g != NULL; g = g->next) {
+			if (g->nsubs == 0)
+				continue;
+			redis_cmd(l, NULL, NULL, "XGROUP CREATE %s %s 0 MKSTREAM", s->key, g->name);
+			for (struct sub *x = g->subs; x != NULL; x = x->group_next)
+				x->recovering = x->ready;
+			group_sweep(g);
+			group_fetch(g);
+		}
+}
+
+static void
+broker_tick(evutil_socket_t fd, short what, void *arg)
+{
+	uint64_t now = util_now_ns();
+
+	(void)fd;
+	(void)what;
+	(void)arg;
+	metrics.redis_links = (uint64_t)redis_link_count();
+	for (struct stream *s = B.streams; s != NULL; s = s->next)
+		for (struct group *g = s->groups; g != NULL; g = g->next)
+			if (g->nsubs > 0) {
+				group_sweep(g);
+				group_fetch(g);
+			}
+	if (now - B.last_poll_ns >= BROKER_POLL_MS * 1000000ull) {
+		B.last_poll_ns = now;
+		broker_poll_gauges();
+	}
+}
+
+int
+broker_init(struct event_base *base, const struct config *cfg)
+{
+	struct timeval tv = { 0, BROKER_TICK_MS * 1000 };
+
+	memset(&B, 0, sizeof(B));
+	B.base = base;
+	B.cfg = cfg;
+	redis_configure(cfg);
+	if (idmap_init(&B.subs, 4096) != 0 || (B.scratch = evbuffer_new()) == NULL)
+		return -1;
+	B.cmd = redis_link_new(base, "command", cmd_state, NULL);
+	B.tick = event_new(base, -1, EV_PERSIST, broker_tick, NULL);
+	if (B.cmd == NULL || B.tick == NULL || event_add(B.tick, &tv) != 0)
+		return -1;
+	/* Declared streams exist from the start (stats, metrics). */
+	for (const struct stream_conf *sc = cfg->streams; sc != NULL; sc = sc->next)
+		stream_get(sc->name);
+	redis_link_start(B.cmd);
+	return 0;
+}
+
+void
+broker_reconfigure(const struct config *cfg)
+{
+	B.cfg = cfg;
+	for (struct stream *s = B.streams; s != NULL; s = s->next) {
+		s->conf = *config_stream(cfg, s->name);
+		s->conf.next = NULL;
+	}
+	for (const struct stream_conf *sc = cfg->streams; sc != NULL; sc = sc->next)
+		stream_get(sc->name);
+}
+
+int
+broker_redis_up(void)
+{
+	return B.cmd != NULL && redis_link_up(B.cmd);
+}
+
+void
+broker_stop_delivering(void)
+{
+	B.stopping = 1;
+	for (struct stream *s = B.streams; s != NULL; s = s->next)
+		for (struct group *g = s->groups; g != NULL; g = g->next)
+			group_drop_reader(g);
+}
+
+int
+broker_idle(void)
+{
+	return B.cmd == NULL || redis_link_inflight(B.cmd) == 0;
+}
+
+void
+broker_free(void)
+{
+	struct stream *s, *sn;
+	struct group *g, *gn;
+
+	if (B.tick != NULL)
+		event_free(B.tick);
+	for (s = B.streams; s != NULL; s = s->next)
+		for (g = s->groups; g != NULL; g = g->next)
+			group_drop_reader(g);
+	redis_link_free(B.cmd);
+	B.cmd = NULL;
+	for (s = B.streams; s != NULL; s = sn) {
+		sn = s->next;
+		for (g = s->groups; g != NULL; g = gn) {
+			gn = g->next;
+			free(g->name);
+			free(g->delay_key);
+			free(g->read_consumer);
+			free(g);
+		}
+		free(s->name);
+		free(s->key);
+		free(s->dlq_key);
+		free(s);
+	}
+	idmap_free(&B.subs);
+	if (B.scratch != NULL)
+		evbuffer_free(B.scratch);
+	memset(&B, 0, sizeof(B));
+}

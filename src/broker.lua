@@ -1,0 +1,103 @@
+-- broker.lua: the daemon's one Redis script, run with EVALSHA (EVAL until
+-- SCRIPT LOAD has answered).  Each mode touches only the keys it declares,
+-- all of one stream (one hash slot in a cluster).
+--   pub:     KEYS stream, dedup keys...   ARGV pub window n {msgid nf fields...}...
+--   claim:   KEYS stream dlq delayset     ARGV claim group consumer min_idle count max_attempts now owner scan
+--   release: KEYS stream dlq delayset     ARGV release group consumer due ids...
+--   dead:    KEYS stream dlq delayset     ARGV dead group reason now ids...
+local mode = ARGV[1]
+
+if mode == 'pub' then
+  local window, n, a, k, out = ARGV[2], tonumber(ARGV[3]), 4, 2, {}
+  for i = 1, n do
+    local msgid, nf = ARGV[a], tonumber(ARGV[a + 1])
+    local fields = {}
+    for j = 1, nf do fields[j] = ARGV[a + 1 + j] end
+    a = a + 2 + nf
+    local id = false
+    if msgid ~= '' then id = redis.call('GET', KEYS[k]) end
+    if id then
+      out[i] = {id, 1}
+    else
+      id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+      if msgid ~= '' then redis.call('SET', KEYS[k], id, 'PX', window) end
+      out[i] = {id, 0}
+    end
+    if msgid ~= '' then k = k + 1 end
+  end
+  return out
+end
+
+local group = ARGV[2]
+
+-- Move one pending entry to the dead-letter stream and acknowledge it, in
+-- this one script: it is always in exactly one of the two places.
+local function bury(id, attempts, reason, now)
+  local e = redis.call('XRANGE', KEYS[1], id, id)
+  local args = {KEYS[2], '*'}
+  if #e > 0 then
+    for _, v in ipairs(e[1][2]) do args[#args + 1] = v end
+  end
+  local meta = {'origin_id', id, 'group', group, 'attempts', tostring(attempts),
+                'reason', reason, 'dead_at', now}
+  for _, v in ipairs(meta) do args[#args + 1] = v end
+  redis.call('XADD', unpack(args))
+  redis.call('XACK', KEYS[1], group, id)
+  redis.call('ZREM', KEYS[3], id)
+end
+
+if mode == 'claim' then
+  local consumer, count, maxatt, now = ARGV[3], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+  local pend
+  if ARGV[8] ~= '' then
+    pend = redis.call('XPENDING', KEYS[1], group, 'IDLE', ARGV[4], '-', '+', ARGV[9], ARGV[8])
+  else
+    pend = redis.call('XPENDING', KEYS[1], group, 'IDLE', ARGV[4], '-', '+', ARGV[9])
+  end
+  local out, dead = {}, 0
+  for _, p in ipairs(pend) do
+    if #out >= count then break end
+    local id, n = p[1], p[4]
+    local due = redis.call('ZSCORE', KEYS[3], id)
+    if not due or tonumber(due) <= tonumber(now) then
+      if n >= maxatt then
+        bury(id, n, 'max_attempts', now)
+        dead = dead + 1
+      else
+        if due then redis.call('ZREM', KEYS[3], id) end
+        local e = redis.call('XCLAIM', KEYS[1], group, consumer, 0, id)
+        if #e > 0 then out[#out + 1] = {e[1][1], n + 1, e[1][2]} end
+      end
+    end
+  end
+  return {out, dead, #pend}
+end
+
+if mode == 'release' then
+  -- Idle far past any deadline: the next claim sweep of any daemon takes
+  -- them; a due time keeps them back until then.
+  local args = {KEYS[1], group, ARGV[3], 0}
+  for i = 5, #ARGV do args[#args + 1] = ARGV[i] end
+  args[#args + 1] = 'IDLE'
+  args[#args + 1] = '1000000000'
+  args[#args + 1] = 'JUSTID'
+  local got = redis.call('XCLAIM', unpack(args))
+  if tonumber(ARGV[4]) > 0 then
+    for _, id in ipairs(got) do redis.call('ZADD', KEYS[3], ARGV[4], id) end
+  end
+  return #got
+end
+
+if mode == 'dead' then
+  local n = 0
+  for i = 5, #ARGV do
+    local p = redis.call('XPENDING', KEYS[1], group, ARGV[i], ARGV[i], 1)
+    if #p > 0 then
+      bury(ARGV[i], p[1][4], ARGV[3], ARGV[4])
+      n = n + 1
+    end
+  end
+  return n
+end
+
+return redis.error_reply('unknown mode ' .. tostring(mode))

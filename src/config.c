@@ -1,0 +1,546 @@
+/*
+ * config.c: INI parsing (libinih) into struct config.  Every key is listed
+ * once in a table with its type and range; man/streambus.conf.5 documents
+ * the same table (tests/check_config cross-checks them).
+ */
+#include <errno.h>
+#include <ini.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "config.h"
+#include "log.h"
+
+enum key_type { KEY_LONG, KEY_STRING, KEY_ADDR, KEY_URL, KEY_LOGLEVEL, KEY_DURABILITY };
+
+struct config_key {
+	const char   *section;		/* "stream" = [defaults] and [stream X] */
+	const char   *name;
+	enum key_type type;
+	size_t        offset;
+	long          min, max;
+};
+
+#define S(f) offsetof(struct config, f)
+#define T(f) offsetof(struct stream_conf, f)
+static const struct config_key config_keys[] = {
+	{ "server", "listen", KEY_ADDR, S(listen), 0, 0 },
+	{ "server", "unix_socket", KEY_STRING, S(unix_socket), 0, 0 },
+	{ "server", "max_clients", KEY_LONG, S(max_clients), 1, 1000000 },
+	{ "server", "max_line", KEY_LONG, S(max_line), 256, 256L << 20 },
+	{ "server", "max_payload", KEY_LONG, S(max_payload), 16, 256L << 20 },
+	{ "server", "auth_tokens", KEY_STRING, S(auth_tokens), 0, 0 },
+	{ "server", "shutdown_timeout_ms", KEY_LONG, S(shutdown_timeout_ms), 0, 3600000 },
+	{ "server", "log_level", KEY_LOGLEVEL, S(log_level), 0, 0 },
+	{ "server", "max_subs_per_conn", KEY_LONG, S(max_subs_per_conn), 1, 100000 },
+	{ "server", "max_batch", KEY_LONG, S(max_batch), 1, 1000000 },
+	{ "server", "output_buffer_limit", KEY_LONG, S(output_buffer_limit), 65536, 1L << 32 },
+	{ "server", "max_pending_requests", KEY_LONG, S(max_pending_requests), 1, 1000000 },
+	{ "metrics", "listen", KEY_ADDR, S(metrics_listen), 0, 0 },
+	{ "redis", "url", KEY_URL, S(redis_url_text), 0, 0 },
+	{ "redis", "prefix", KEY_STRING, S(prefix), 0, 0 },
+	{ "redis", "max_inflight", KEY_LONG, S(max_inflight), 1, 10000000 },
+	{ "redis", "connect_timeout_ms", KEY_LONG, S(connect_timeout_ms), 10, 600000 },
+	{ "redis", "pub_wait_ms", KEY_LONG, S(pub_wait_ms), 0, 600000 },
+	{ "stream", "ack_timeout_ms", KEY_LONG, T(ack_timeout_ms), 100, 86400000 },
+	{ "stream", "max_attempts", KEY_LONG, T(max_attempts), 1, 1000 },
+	{ "stream", "retry_delay_ms", KEY_LONG, T(retry_delay_ms), 0, 86400000 },
+	{ "stream", "retry_max_ms", KEY_LONG, T(retry_max_ms), 0, 86400000 },
+	{ "stream", "prefetch", KEY_LONG, T(prefetch), 1, 10000 },
+	{ "stream", "maxlen", KEY_LONG, T(maxlen), 0, 1L << 40 },
+	{ "stream", "dedup_window_ms", KEY_LONG, T(dedup_window_ms), 1000, 86400000 },
+	{ "stream", "durability", KEY_DURABILITY, 0, 0, 0 },
+};
+#undef S
+#undef T
+#define CONFIG_NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
+
+struct config_parse {
+	struct config *cfg;
+	char          *err;
+	size_t         errlen;
+};
+
+static void
+stream_conf_defaults(struct stream_conf *sc)
+{
+	sc->ack_timeout_ms = 30000;
+	sc->max_attempts = 3;
+	sc->retry_delay_ms = 1000;
+	sc->retry_max_ms = 60000;
+	sc->prefetch = 64;
+	sc->maxlen = 1000000;
+	sc->dedup_window_ms = 120000;
+	sc->replicas = 0;
+	sc->replicas_timeout_ms = 1000;
+}
+
+struct config *
+config_new(void)
+{
+	struct config *cfg = calloc(1, sizeof(*cfg));
+
+	if (cfg == NULL)
+		return NULL;
+	cfg->listen = strdup("127.0.0.1:7070");
+	cfg->max_clients = 10000;
+	cfg->max_line = 1048576;
+	cfg->max_payload = 1048576;
+	cfg->shutdown_timeout_ms = 5000;
+	cfg->log_level = LOG_INFO;
+	cfg->max_subs_per_conn = 1024;
+	cfg->max_batch = 10000;
+	cfg->output_buffer_limit = 8L << 20;
+	cfg->max_pending_requests = 4096;
+	cfg->metrics_listen = strdup("127.0.0.1:8001");
+	cfg->redis_url_text = strdup("redis://127.0.0.1:6379/0");
+	cfg->prefix = strdup("sb:");
+	cfg->max_inflight = 100000;
+	cfg->connect_timeout_ms = 2000;
+	cfg->pub_wait_ms = 0;
+	stream_conf_defaults(&cfg->defaults);
+	if (cfg->listen == NULL || cfg->metrics_listen == NULL ||
+	    cfg->redis_url_text == NULL || cfg->prefix == NULL ||
+	    config_parse_redis_url(cfg->redis_url_text, &cfg->redis, NULL, 0) != 0) {
+		config_free(cfg);
+		return NULL;
+	}
+	return cfg;
+}
+
+void
+config_free_redis_url(struct redis_url *u)
+{
+	free(u->host);
+	free(u->user);
+	free(u->password);
+	memset(u, 0, sizeof(*u));
+}
+
+void
+config_free(struct config *cfg)
+{
+	struct stream_conf *sc, *next;
+
+	if (cfg == NULL)
+		return;
+	for (size_t i = 0; i < CONFIG_NKEYS; i++) {
+		const struct config_key *k = &config_keys[i];
+		if (strcmp(k->section, "stream") != 0 && k->type != KEY_LONG &&
+		    k->type != KEY_LOGLEVEL)
+			free(*(char **)((char *)cfg + k->offset));
+	}
+	config_free_redis_url(&cfg->redis);
+	for (sc = cfg->streams; sc != NULL; sc = next) {
+		next = sc->next;
+		free(sc->name);
+		free(sc);
+	}
+	free(cfg->path);
+	free(cfg);
+}
+
+int
+config_valid_stream_name(const char *name, size_t len)
+{
+	if (len == 0 || len > CONFIG_MAX_STREAM)
+		return 0;
+	for (size_t i = 0; i < len; i++) {
+		char c = name[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		    (c >= '0' && c <= '9') || c == '_' || c == '.' || c == ':' ||
+		    c == '-'))
+			return 0;
+	}
+	return 1;
+}
+
+int
+config_split_hostport(const char *addr, char *host, size_t hostlen, int *port)
+{
+	const char *colon, *hstart = addr;
+	size_t hlen;
+	char *end;
+	long p;
+
+	if (addr[0] == '[') {
+		const char *close = strchr(addr, ']');
+		if (close == NULL || close[1] != ':')
+			return -1;
+		hstart = addr + 1;
+		hlen = close - hstart;
+		colon = close + 1;
+	} else {
+		colon = strrchr(addr, ':');
+		if (colon == NULL)
+			return -1;
+		hlen = colon - addr;
+	}
+	if (hlen == 0 || hlen >= hostlen)
+		return -1;
+	errno = 0;
+	p = strtol(colon + 1, &end, 10);
+	if (errno != 0 || *end != '\0' || end == colon + 1 || p < 0 || p > 65535)
+		return -1;
+	memcpy(host, hstart, hlen);
+	host[hlen] = '\0';
+	*port = (int)p;
+	return 0;
+}
+
+static void
+config_error(char *err, size_t errlen, const char *fmt, const char *arg)
+{
+	if (err != NULL && errlen > 0)
+		snprintf(err, errlen, fmt, arg);
+}
+
+/* redis://[[USER]:PASSWORD@]HOST:PORT[/DB] */
+int
+config_parse_redis_url(const char *text, struct redis_url *out, char *err, size_t errlen)
+{
+	struct redis_url u = { 0 };
+	const char *p, *at, *slash;
+	char hostport[300], *end;
+
+	if (strncmp(text, "redis://", 8) != 0) {
+		config_error(err, errlen, "redis url must start with redis:// (got \"%s\")", text);
+		return -1;
+	}
+	p = text + 8;
+	at = strrchr(p, '@');
+	if (at != NULL) {
+		const char *colon = memchr(p, ':', at - p);
+		if (colon == NULL) {
+			config_error(err, errlen, "redis url: credentials must be [USER]:PASSWORD in \"%s\"", text);
+			return -1;
+		}
+		if (colon > p)
+			u.user = strndup(p, colon - p);
+		u.password = strndup(colon + 1, at - colon - 1);
+		p = at + 1;
+	}
+	slash = strchr(p, '/');
+	if ((slash ? (size_t)(slash - p) : strlen(p)) >= sizeof(hostport))
+		goto bad;
+	snprintf(hostport, sizeof(hostport), "%.*s",
+	    (int)(slash ? slash - p : (long)strlen(p)), p);
+	u.host = malloc(sizeof(hostport));
+	if (u.host == NULL || config_split_hostport(hostport, u.host,
+	    sizeof(hostport), &u.port) != 0 || u.port == 0)
+		goto bad;
+	if (slash != NULL && slash[1] != '\0') {
+		long db;
+		errno = 0;
+		db = strtol(slash + 1, &end, 10);
+		if (errno != 0 || *end != '\0' || db < 0 || db > 1000000)
+			goto bad;
+		u.db = (int)db;
+	}
+	config_free_redis_url(out);
+	*out = u;
+	return 0;
+bad:
+	config_free_redis_url(&u);
+	config_error(err, errlen, "bad redis url \"%s\" (want redis://[[USER]:PASSWORD@]HOST:PORT[/DB])", text);
+	return -1;
+}
+
+static struct stream_conf *
+config_stream_section(struct config *cfg, const char *name)
+{
+	struct stream_conf *sc;
+
+	for (sc = cfg->streams; sc != NULL; sc = sc->next)
+		if (strcmp(sc->name, name) == 0)
+			return sc;
+	sc = calloc(1, sizeof(*sc));
+	if (sc == NULL)
+		return NULL;
+	sc->name = strdup(name);
+	if (sc->name == NULL) {
+		free(sc);
+		return NULL;
+	}
+	sc->next = cfg->streams;
+	cfg->streams = sc;
+	return sc;
+}
+
+const struct stream_conf *
+config_stream(const struct config *cfg, const char *name)
+{
+	for (const struct stream_conf *sc = cfg->streams; sc != NULL; sc = sc->next)
+		if (strcmp(sc->name, name) == 0)
+			return sc;
+	return &cfg->defaults;
+}
+
+/* "redis" or "replicas:N[:TIMEOUT_MS]" */
+static int
+config_parse_durability(const char *value, struct stream_conf *sc)
+{
+	char *end;
+	long n, t = 1000;
+
+	if (strcmp(value, "redis") == 0) {
+		sc->replicas = 0;
+		return 0;
+	}
+	if (strncmp(value, "replicas:", 9) != 0)
+		return -1;
+	errno = 0;
+	n = strtol(value + 9, &end, 10);
+	if (errno != 0 || end == value + 9 || n < 1 || n > 100)
+		return -1;
+	if (*end == ':') {
+		const char *ts = end + 1;
+		t = strtol(ts, &end, 10);
+		if (errno != 0 || end == ts || t < 1 || t > 600000)
+			return -1;
+	}
+	if (*end != '\0')
+		return -1;
+	sc->replicas = n;
+	sc->replicas_timeout_ms = t;
+	return 0;
+}
+
+static int
+config_parse_long(const char *value, long min, long max, long *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(value, &end, 10);
+	if (errno != 0 || end == value || *end != '\0' || v < min || v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static int
+config_set_string(char **slot, const char *value)
+{
+	char *copy = strdup(value);
+
+	if (copy == NULL)
+		return -1;
+	free(*slot);
+	*slot = copy;
+	return 0;
+}
+
+static int
+config_check_addr(const char *value)
+{
+	char host[256];
+	int port;
+
+	return config_split_hostport(value, host, sizeof(host), &port);
+}
+
+/* Stream-level keys fill both [defaults] and [stream X]; the X sections
+ * start as copies of [defaults] once the file is read (config_finish). */
+static int
+config_apply(struct config_parse *p, const struct config_key *k, void *base,
+    const char *name, const char *value)
+{
+	struct config *cfg = p->cfg;
+	void *slot = (char *)base + k->offset;
+
+	switch (k->type) {
+	case KEY_LONG:
+		if (config_parse_long(value, k->min, k->max, slot) != 0) {
+			snprintf(p->err, p->errlen, "%s: want an integer in %ld..%ld, got \"%s\"",
+			    name, k->min, k->max, value);
+			return -1;
+		}
+		return 0;
+	case KEY_STRING:
+		if (*value == '\0') {
+			free(*(char **)slot);
+			*(char **)slot = NULL;
+			return 0;
+		}
+		return config_set_string(slot, value);
+	case KEY_ADDR:
+		if (strcmp(name, "listen") == 0 && base == cfg && slot == &cfg->metrics_listen)
+			return config_set_metrics(cfg, value, p->err, p->errlen);
+		if (config_check_addr(value) != 0) {
+			snprintf(p->err, p->errlen, "%s: want HOST:PORT, got \"%s\"", name, value);
+			return -1;
+		}
+		return config_set_string(slot, value);
+	case KEY_URL:
+		return config_set_redis_url(cfg, value, p->err, p->errlen);
+	case KEY_LOGLEVEL: {
+		enum log_level lv;
+		if (log_parse_level(value, &lv) != 0) {
+			snprintf(p->err, p->errlen, "%s: want error, warn, info or debug, got \"%s\"",
+			    name, value);
+			return -1;
+		}
+		*(int *)slot = lv;
+		return 0;
+	}
+	case KEY_DURABILITY:
+		if (config_parse_durability(value, base) != 0) {
+			snprintf(p->err, p->errlen, "durability: want redis or replicas:N[:TIMEOUT_MS], got \"%s\"",
+			    value);
+			return -1;
+		}
+		return 0;
+	}
+	return -1;
+}
+
+static int
+config_handler(void *user, const char *section, const char *name, const char *value)
+{
+	struct config_parse *p = user;
+	const char *keysec = section;
+	void *base = p->cfg;
+	struct stream_conf *sc = NULL;
+
+	if (strcmp(section, "defaults") == 0) {
+		keysec = "stream";
+		sc = &p->cfg->defaults;
+	} else if (strncmp(section, "stream ", 7) == 0) {
+		const char *sname = section + 7;
+		while (*sname == ' ')
+			sname++;
+		if (!config_valid_stream_name(sname, strlen(sname))) {
+			snprintf(p->err, p->errlen, "[%s]: bad stream name (1..200 of A-Za-z0-9_.:-)", section);
+			return 0;
+		}
+		keysec = "stream";
+		sc = config_stream_section(p->cfg, sname);
+		if (sc == NULL) {
+			snprintf(p->err, p->errlen, "out of memory");
+			return 0;
+		}
+	} else if (strcmp(section, "redis") == 0 &&
+	    (strcmp(name, "cluster") == 0 || strcmp(name, "sentinels") == 0 ||
+	    strcmp(name, "master_name") == 0)) {
+		snprintf(p->err, p->errlen, "redis.%s: Sentinel and Cluster are not supported by this version", name);
+		return 0;
+	}
+	for (size_t i = 0; i < CONFIG_NKEYS; i++) {
+		const struct config_key *k = &config_keys[i];
+		if (strcmp(k->section, keysec) != 0 || strcmp(k->name, name) != 0)
+			continue;
+		if (sc != NULL) {
+			base = sc;
+			sc->set |= 1u << i;
+		}
+		return config_apply(p, k, base, name, value) == 0;
+	}
+	if (strcmp(keysec, "stream") == 0 || strcmp(section, "server") == 0 ||
+	    strcmp(section, "metrics") == 0 || strcmp(section, "redis") == 0)
+		snprintf(p->err, p->errlen, "unknown key \"%s\" in [%s]", name, section);
+	else
+		snprintf(p->err, p->errlen, "unknown section [%s]", section);
+	return 0;
+}
+
+/* [stream X] sections inherit every key they did not set from [defaults]. */
+static void
+config_finish(struct config *cfg)
+{
+	for (struct stream_conf *sc = cfg->streams; sc != NULL; sc = sc->next) {
+		for (size_t i = 0; i < CONFIG_NKEYS; i++) {
+			const struct config_key *k = &config_keys[i];
+			if (strcmp(k->section, "stream") != 0 || (sc->set & (1u << i)))
+				continue;
+			if (k->type == KEY_DURABILITY) {
+				sc->replicas = cfg->defaults.replicas;
+				sc->replicas_timeout_ms = cfg->defaults.replicas_timeout_ms;
+			} else
+				*(long *)((char *)sc + k->offset) =
+				    *(long *)((char *)&cfg->defaults + k->offset);
+		}
+	}
+}
+
+static int
+config_result(struct config *cfg, int rc, const char *name, const char *msg,
+    char *err, size_t errlen)
+{
+	if (rc == 0) {
+		config_finish(cfg);
+		return 0;
+	}
+	if (rc < 0)
+		snprintf(err, errlen, "%s: cannot read: %s", name, strerror(errno));
+	else
+		snprintf(err, errlen, "%s:%d: %s", name, rc, *msg ? msg : "syntax error");
+	return -1;
+}
+
+int
+config_load_file(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+	char msg[CONFIG_ERR_LEN] = "";
+	struct config_parse p = { cfg, msg, sizeof(msg) };
+	FILE *f = fopen(path, "r");
+	int rc;
+
+	if (f == NULL) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	rc = ini_parse_file(f, config_handler, &p);
+	fclose(f);
+	if (config_set_string(&cfg->path, path) != 0)
+		rc = -1;
+	return config_result(cfg, rc, path, msg, err, errlen);
+}
+
+int
+config_load_string(struct config *cfg, const char *text, const char *name,
+    char *err, size_t errlen)
+{
+	char msg[CONFIG_ERR_LEN] = "";
+	struct config_parse p = { cfg, msg, sizeof(msg) };
+
+	return config_result(cfg, ini_parse_string(text, config_handler, &p), name,
+	    msg, err, errlen);
+}
+
+int
+config_set_listen(struct config *cfg, const char *addr, char *err, size_t errlen)
+{
+	if (config_check_addr(addr) != 0) {
+		config_error(err, errlen, "listen: want HOST:PORT, got \"%s\"", addr);
+		return -1;
+	}
+	return config_set_string(&cfg->listen, addr);
+}
+
+int
+config_set_metrics(struct config *cfg, const char *addr, char *err, size_t errlen)
+{
+	if (strcasecmp(addr, "off") == 0 || *addr == '\0') {
+		free(cfg->metrics_listen);
+		cfg->metrics_listen = NULL;
+		return 0;
+	}
+	if (config_check_addr(addr) != 0) {
+		config_error(err, errlen, "metrics: want HOST:PORT or off, got \"%s\"", addr);
+		return -1;
+	}
+	return config_set_string(&cfg->metrics_listen, addr);
+}
+
+int
+config_set_redis_url(struct config *cfg, const char *url, char *err, size_t errlen)
+{
+	if (config_parse_redis_url(url, &cfg->redis, err, errlen) != 0)
+		return -1;
+	return config_set_string(&cfg->redis_url_text, url);
+}

@@ -1,0 +1,269 @@
+/*
+ * main.c: command line, configuration, signals and the life cycle of
+ * streambusd: start, serve on one libevent loop, reload on SIGHUP, and stop
+ * gracefully on SIGTERM/SIGINT (see man/streambusd.8).
+ */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "broker.h"
+#include "config.h"
+#include "conn.h"
+#include "http.h"
+#include "log.h"
+#include "metrics.h"
+#include "util.h"
+
+#define MAIN_STOP_POLL_MS 20
+
+static struct {
+	struct event_base *base;
+	struct config     *cfg;
+	const char        *path;	/* -c, or NULL for the default */
+	const char        *listen, *metrics, *redis;	/* overrides */
+	struct event      *stop_timer;
+	uint64_t           stop_deadline_ns;
+	int                stop_phase;	/* 0 running, 1 draining, 2 closing */
+} M;
+
+static void
+usage(FILE *f)
+{
+	fprintf(f,
+	    "usage: streambusd [-c FILE] [--listen HOST:PORT] [--metrics HOST:PORT|off]\n"
+	    "                  [--redis redis://[[USER]:PASSWORD@]HOST:PORT[/DB]] [-t] [-V] [-h]\n"
+	    "  -c, --config FILE     configuration file (default %s)\n"
+	    "      --listen ADDR     client address (overrides server.listen)\n"
+	    "      --metrics ADDR    HTTP /metrics and /health address, or off\n"
+	    "      --redis URL       Redis to use (overrides redis.url)\n"
+	    "  -t, --test-config     check the configuration, print ok or the error\n"
+	    "  -V, --version         print the version\n"
+	    "  -h, --help            this help\n", CONFIG_DEFAULT_PATH);
+}
+
+/* Build a config from the file and the command-line overrides. */
+static struct config *
+main_load_config(char *err, size_t errlen)
+{
+	struct config *cfg = config_new();
+	const char *path = M.path;
+
+	if (cfg == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	if (path == NULL && access(CONFIG_DEFAULT_PATH, F_OK) == 0)
+		path = CONFIG_DEFAULT_PATH;
+	if ((path != NULL && config_load_file(cfg, path, err, errlen) != 0) ||
+	    (M.listen && config_set_listen(cfg, M.listen, err, errlen) != 0) ||
+	    (M.metrics && config_set_metrics(cfg, M.metrics, err, errlen) != 0) ||
+	    (M.redis && config_set_redis_url(cfg, M.redis, err, errlen) != 0)) {
+		config_free(cfg);
+		return NULL;
+	}
+	return cfg;
+}
+
+/* ---- graceful stop ---- */
+
+static void
+main_stop_step(evutil_socket_t fd, short what, void *arg)
+{
+	struct timeval tv = { 0, MAIN_STOP_POLL_MS * 1000 };
+
+	(void)fd;
+	(void)what;
+	(void)arg;
+	if (util_now_ns() >= M.stop_deadline_ns) {
+		log_warn("main", 0, "shutdown_timeout_ms reached with work in flight; exiting");
+		event_base_loopexit(M.base, NULL);
+		return;
+	}
+	/* 1: every request already read is answered. */
+	if (M.stop_phase == 1 && !conn_busy() && broker_idle()) {
+		M.stop_phase = 2;
+		conn_shutdown_all("shutdown");	/* releases deliveries, sends bye */
+	}
+	/* 2: releases confirmed, byes flushed. */
+	if (M.stop_phase == 2 && conn_count() == 0 && broker_idle()) {
+		event_base_loopexit(M.base, NULL);
+		return;
+	}
+	evtimer_add(M.stop_timer, &tv);
+}
+
+static void
+main_stop(void)
+{
+	if (M.stop_phase != 0)
+		return;
+	log_info("main", 0, "stopping: %zu connections", conn_count());
+	M.stop_phase = 1;
+	M.stop_deadline_ns = util_now_ns() + (uint64_t)M.cfg->shutdown_timeout_ms * 1000000ull;
+	conn_stop_listening();
+	conn_pause_all();
+	broker_stop_delivering();
+	M.stop_timer = evtimer_new(M.base, main_stop_step, NULL);
+	main_stop_step(-1, 0, NULL);
+}
+
+/* ---- reload ---- */
+
+static void
+main_reload(void)
+{
+	char err[CONFIG_ERR_LEN];
+	struct config *ncfg = main_load_config(err, sizeof(err));
+	struct config *old = M.cfg;
+
+	if (ncfg == NULL) {
+		log_err("main", 0, "reload failed, keeping the running configuration: %s", err);
+		return;
+	}
+	/* What the running daemon is bound to stays; say so. */
+	if (strcmp(ncfg->listen, old->listen) != 0 ||
+	    strcmp(ncfg->redis_url_text, old->redis_url_text) != 0 ||
+	    strcmp(ncfg->prefix, old->prefix) != 0 ||
+	    (ncfg->metrics_listen == NULL) != (old->metrics_listen == NULL) ||
+	    (ncfg->metrics_listen && strcmp(ncfg->metrics_listen, old->metrics_listen) != 0))
+		log_warn("main", 0, "reload: listen, metrics.listen, redis.url and redis.prefix "
+		    "change only on restart; keeping the running values");
+	free(ncfg->prefix);
+	ncfg->prefix = strdup(old->prefix);
+	if (ncfg->prefix == NULL) {
+		config_free(ncfg);
+		return;
+	}
+	log_set_level((enum log_level)ncfg->log_level);
+	conn_set_config(ncfg);
+	broker_reconfigure(ncfg);
+	M.cfg = ncfg;
+	config_free(old);
+	log_info("main", 0, "configuration reloaded");
+}
+
+static void
+main_signal(evutil_socket_t sig, short what, void *arg)
+{
+	(void)what;
+	(void)arg;
+	if (sig == SIGHUP)
+		main_reload();
+	else
+		main_stop();
+}
+
+/* ---- start ---- */
+
+static int
+main_parse_args(int argc, char **argv, int *test)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "listen", required_argument, NULL, 'L' },
+		{ "metrics", required_argument, NULL, 'M' },
+		{ "redis", required_argument, NULL, 'R' },
+		{ "test-config", no_argument, NULL, 't' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int ch;
+
+	while ((ch = getopt_long(argc, argv, "c:tVh", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'c': M.path = optarg; break;
+		case 'L': M.listen = optarg; break;
+		case 'M': M.metrics = optarg; break;
+		case 'R': M.redis = optarg; break;
+		case 't': *test = 1; break;
+		case 'V':
+			printf("streambusd %s\n", STREAMBUS_VERSION);
+			exit(0);
+		case 'h':
+			usage(stdout);
+			exit(0);
+		default:
+			usage(stderr);
+			return -1;
+		}
+	}
+	if (optind != argc) {
+		fprintf(stderr, "streambusd: unexpected argument: %s\n", argv[optind]);
+		usage(stderr);
+		return -1;
+	}
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	char err[CONFIG_ERR_LEN];
+	struct event *sigs[4];
+	static const int signums[4] = { SIGTERM, SIGINT, SIGHUP, 0 };
+	int test = 0, rc = 0;
+
+	log_init();
+	if (main_parse_args(argc, argv, &test) != 0)
+		return 2;
+	if ((M.cfg = main_load_config(err, sizeof(err))) == NULL) {
+		if (test)
+			printf("%s\n", err);
+		else
+			fprintf(stderr, "streambusd: %s\n", err);
+		return 2;
+	}
+	if (test) {
+		printf("ok\n");
+		config_free(M.cfg);
+		return 0;
+	}
+	log_set_level((enum log_level)M.cfg->log_level);
+	srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+	signal(SIGPIPE, SIG_IGN);
+	metrics_init();
+	M.base = event_base_new();
+	if (M.base == NULL || conn_init(M.base) != 0 || broker_init(M.base, M.cfg) != 0) {
+		log_err("main", 0, "cannot initialise");
+		return 1;
+	}
+	conn_set_config(M.cfg);
+	if (conn_listen(M.cfg->listen, M.cfg->unix_socket) != 0 ||
+	    (M.cfg->metrics_listen != NULL && http_start(M.base, M.cfg->metrics_listen) != 0)) {
+		rc = 1;
+		goto out;
+	}
+	for (int i = 0; signums[i] != 0; i++) {
+		sigs[i] = evsignal_new(M.base, signums[i], main_signal, NULL);
+		if (sigs[i] == NULL || event_add(sigs[i], NULL) != 0) {
+			log_err("main", 0, "cannot handle signal %d", signums[i]);
+			rc = 1;
+			goto out;
+		}
+	}
+	log_info("main", 0, "streambusd %s started (pid %d)", STREAMBUS_VERSION, (int)getpid());
+	event_base_dispatch(M.base);
+	log_info("main", 0, "stopped");
+	for (int i = 0; signums[i] != 0; i++)
+		event_free(sigs[i]);
+out:
+	if (M.stop_timer != NULL)
+		event_free(M.stop_timer);
+	http_stop();
+	conn_stop_listening();
+	conn_free_all();
+	broker_free();
+	/* Run the deferred frees (connections, Redis links). */
+	event_base_loop(M.base, EVLOOP_NONBLOCK);
+	event_base_free(M.base);
+	config_free(M.cfg);
+	return rc;
+}

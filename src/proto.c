@@ -1,0 +1,494 @@
+/*
+ * proto.c: framing, request validation and encoding of the line-JSON
+ * protocol (man/streambus-protocol.7).  Pure: bytes in, structs or bytes
+ * out.  Every failure becomes a protocol error code and a message that
+ * names the offending field.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#include "config.h"
+#include "proto.h"
+
+static const char *const proto_op_names[OP__COUNT] = {
+	[OP_HELLO] = "hello", [OP_PING] = "ping", [OP_PUB] = "pub",
+	[OP_SUB] = "sub", [OP_ACK] = "ack", [OP_NACK] = "nack",
+	[OP_TOUCH] = "touch", [OP_UNSUB] = "unsub", [OP_STATS] = "stats",
+	[OP_BYE] = "bye",
+};
+
+const char *
+proto_op_name(enum proto_op op)
+{
+	return op < OP__COUNT ? proto_op_names[op] : "?";
+}
+
+enum proto_frame
+proto_frame_next(struct proto_framer *f, const char *buf, size_t len,
+    size_t max_line, size_t *line_len, size_t *consumed)
+{
+	const char *nl = memchr(buf, '\n', len);
+
+	*line_len = 0;
+	if (f->discarding) {
+		*consumed = nl ? (size_t)(nl - buf) + 1 : len;
+		if (nl != NULL)
+			f->discarding = 0;
+		return PROTO_FRAME_SKIPPED;
+	}
+	if (nl == NULL) {
+		*consumed = 0;
+		if (len <= max_line + 1)	/* room for a '\r' before '\n' */
+			return PROTO_FRAME_NEED_MORE;
+		f->discarding = 1;
+		*consumed = len;
+		return PROTO_FRAME_TOO_LONG;
+	}
+	*consumed = (size_t)(nl - buf) + 1;
+	*line_len = (size_t)(nl - buf);
+	if (*line_len > 0 && buf[*line_len - 1] == '\r')
+		(*line_len)--;
+	if (*line_len > max_line) {
+		*line_len = 0;
+		return PROTO_FRAME_TOO_LONG;
+	}
+	return PROTO_FRAME_LINE;
+}
+
+static int
+proto_fail(struct proto_error *err, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int
+proto_fail(struct proto_error *err, const char *code, const char *fmt, ...)
+{
+	va_list ap;
+
+	err->code = code;
+	va_start(ap, fmt);
+	vsnprintf(err->message, sizeof(err->message), fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/* Optional string field: 0 absent, 1 present, -1 wrong type or length. */
+static int
+proto_opt_string(json_t *obj, const char *key, size_t maxlen, const char **out,
+    struct proto_error *err)
+{
+	json_t *v = json_object_get(obj, key);
+
+	*out = NULL;
+	if (v == NULL || json_is_null(v))
+		return 0;
+	if (!json_is_string(v))
+		return proto_fail(err, "bad_request", "%s: must be a string", key);
+	if (json_string_length(v) > maxlen)
+		return proto_fail(err, "bad_request", "%s: longer than %zu bytes", key, maxlen);
+	if (strlen(json_string_value(v)) != json_string_length(v))
+		return proto_fail(err, "bad_request", "%s: contains a NUL character", key);
+	*out = json_string_value(v);
+	return 1;
+}
+
+/* A name (stream, group, consumer): 1..200 of [A-Za-z0-9_.:-]. */
+static int
+proto_name(json_t *obj, const char *key, int required, const char **out,
+    struct proto_error *err)
+{
+	int rc = proto_opt_string(obj, key, CONFIG_MAX_STREAM, out, err);
+
+	if (rc < 0)
+		return -1;
+	if (rc == 0)
+		return required ? proto_fail(err, "bad_request", "%s: required", key) : 0;
+	if (!config_valid_stream_name(*out, strlen(*out)))
+		return proto_fail(err, "bad_request",
+		    "%s: must be 1..200 characters of A-Za-z0-9_.:-", key);
+	return 0;
+}
+
+static int
+proto_long(json_t *obj, const char *key, int required, long min, long max,
+    long *out, struct proto_error *err)
+{
+	json_t *v = json_object_get(obj, key);
+
+	if (v == NULL || json_is_null(v))
+		return required ? proto_fail(err, "bad_request", "%s: required", key) : 0;
+	if (!json_is_integer(v))
+		return proto_fail(err, "bad_request", "%s: must be an integer", key);
+	if (json_integer_value(v) < min || json_integer_value(v) > max)
+		return proto_fail(err, "bad_request", "%s: must be in %ld..%ld", key, min, max);
+	*out = (long)json_integer_value(v);
+	return 0;
+}
+
+int
+proto_parse_id(const char *s, uint64_t *ms, uint64_t *seq)
+{
+	const char *dash = strchr(s, '-');
+	char *end;
+
+	if (s[0] < '0' || s[0] > '9' || dash == NULL || dash[1] < '0' || dash[1] > '9')
+		return -1;
+	errno = 0;
+	*ms = strtoull(s, &end, 10);
+	if (end != dash || errno != 0)
+		return -1;
+	*seq = strtoull(dash + 1, &end, 10);
+	if (*end != '\0' || errno != 0)
+		return -1;
+	return 0;
+}
+
+static int
+proto_valid_id(const char *s)
+{
+	uint64_t ms, seq;
+
+	return proto_parse_id(s, &ms, &seq) == 0;
+}
+
+static int
+proto_message(json_t *obj, const char *where, const struct proto_limits *lim,
+    struct proto_msg *m, struct proto_error *err)
+{
+	json_t *data = json_object_get(obj, "data");
+
+	if (data == NULL)
+		return proto_fail(err, "bad_request", "%sdata: required", where);
+	if (proto_opt_string(obj, "type", PROTO_MAX_NAME, &m->type, err) < 0 ||
+	    proto_opt_string(obj, "msgid", PROTO_MAX_NAME, &m->msgid, err) < 0)
+		return -1;
+	if (m->msgid != NULL && *m->msgid == '\0')
+		return proto_fail(err, "bad_request", "%smsgid: must not be empty", where);
+	m->data = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
+	if (m->data == NULL)
+		return proto_fail(err, "internal", "out of memory encoding data");
+	m->data_len = strlen(m->data);
+	if (m->data_len > lim->max_payload)
+		return proto_fail(err, "too_large", "%sdata: %zu bytes, more than max_payload %zu",
+		    where, m->data_len, lim->max_payload);
+	return 0;
+}
+
+static int
+proto_parse_pub(struct proto_request *req, const struct proto_limits *lim,
+    struct proto_error *err)
+{
+	json_t *batch = json_object_get(req->root, "batch");
+	char where[48];
+
+	if (batch == NULL) {
+		req->msgs = calloc(1, sizeof(*req->msgs));
+		if (req->msgs == NULL)
+			return proto_fail(err, "overloaded", "out of memory");
+		req->nmsgs = 1;
+		return proto_message(req->root, "", lim, &req->msgs[0], err);
+	}
+	if (json_object_get(req->root, "data") != NULL)
+		return proto_fail(err, "bad_request", "batch: not allowed together with data");
+	if (!json_is_array(batch) || json_array_size(batch) == 0)
+		return proto_fail(err, "bad_request", "batch: must be a non-empty array");
+	if (json_array_size(batch) > lim->max_batch)
+		return proto_fail(err, "bad_request", "batch: more than %zu entries", lim->max_batch);
+	req->batch = 1;
+	req->msgs = calloc(json_array_size(batch), sizeof(*req->msgs));
+	if (req->msgs == NULL)
+		return proto_fail(err, "overloaded", "out of memory");
+	for (size_t i = 0; i < json_array_size(batch); i++) {
+		json_t *e = json_array_get(batch, i);
+		req->nmsgs = i + 1;
+		snprintf(where, sizeof(where), "batch[%zu].", i);
+		if (!json_is_object(e))
+			return proto_fail(err, "bad_request", "batch[%zu]: must be an object", i);
+		if (proto_message(e, where, lim, &req->msgs[i], err) != 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int
+proto_parse_sub(struct proto_request *req, struct proto_error *err)
+{
+	if (proto_name(req->root, "group", 1, &req->group, err) != 0 ||
+	    proto_name(req->root, "consumer", 0, &req->consumer, err) != 0 ||
+	    proto_long(req->root, "prefetch", 0, 1, PROTO_MAX_PREFETCH, &req->prefetch, err) != 0 ||
+	    proto_opt_string(req->root, "from", 64, &req->from, err) < 0)
+		return -1;
+	if (req->from != NULL && strcmp(req->from, "new") != 0 &&
+	    strcmp(req->from, "all") != 0 && !proto_valid_id(req->from))
+		return proto_fail(err, "bad_request", "from: must be \"new\", \"all\" or a stream id");
+	return 0;
+}
+
+/* "ids": [..] or "id": "..". */
+static int
+proto_parse_ids(struct proto_request *req, struct proto_error *err)
+{
+	json_t *ids = json_object_get(req->root, "ids");
+	json_t *id = json_object_get(req->root, "id");
+	size_t n;
+
+	if (ids != NULL && id != NULL)
+		return proto_fail(err, "bad_request", "ids: give either id or ids");
+	if (ids == NULL && id == NULL)
+		return proto_fail(err, "bad_request", "ids: required");
+	if (ids != NULL && (!json_is_array(ids) || json_array_size(ids) == 0))
+		return proto_fail(err, "bad_request", "ids: must be a non-empty array of ids");
+	n = ids != NULL ? json_array_size(ids) : 1;
+	if (n > PROTO_MAX_IDS)
+		return proto_fail(err, "bad_request", "ids: more than %d", PROTO_MAX_IDS);
+	req->ids = calloc(n, sizeof(*req->ids));
+	if (req->ids == NULL)
+		return proto_fail(err, "overloaded", "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		json_t *v = ids != NULL ? json_array_get(ids, i) : id;
+		if (!json_is_string(v) || !proto_valid_id(json_string_value(v)))
+			return proto_fail(err, "bad_request", "%s: must be stream ids like \"1732550000000-0\"",
+			    ids != NULL ? "ids" : "id");
+		req->ids[i] = json_string_value(v);
+	}
+	req->nids = n;
+	return 0;
+}
+
+static int
+proto_parse_nack(struct proto_request *req, struct proto_error *err)
+{
+	json_t *dead = json_object_get(req->root, "dead");
+
+	req->delay_ms = -1;
+	if (proto_long(req->root, "delay_ms", 0, 0, 86400000, &req->delay_ms, err) != 0 ||
+	    proto_opt_string(req->root, "reason", PROTO_MAX_REASON, &req->reason, err) < 0)
+		return -1;
+	if (dead != NULL && !json_is_boolean(dead))
+		return proto_fail(err, "bad_request", "dead: must be true or false");
+	req->dead = dead != NULL && json_is_true(dead);
+	return 0;
+}
+
+static int
+proto_parse_op(struct proto_request *req, const struct proto_limits *lim,
+    struct proto_error *err)
+{
+	switch (req->op) {
+	case OP_HELLO:
+		return proto_opt_string(req->root, "name", PROTO_MAX_NAME, &req->name, err) < 0 ||
+		    proto_opt_string(req->root, "token", 4096, &req->token, err) < 0 ? -1 : 0;
+	case OP_PING:
+	case OP_BYE:
+		return 0;
+	case OP_STATS:
+		return proto_name(req->root, "stream", 0, &req->stream, err);
+	case OP_PUB:
+		return proto_name(req->root, "stream", 1, &req->stream, err) != 0 ? -1 :
+		    proto_parse_pub(req, lim, err);
+	case OP_SUB:
+		return proto_name(req->root, "stream", 1, &req->stream, err) != 0 ? -1 :
+		    proto_parse_sub(req, err);
+	case OP_UNSUB:
+		return proto_long(req->root, "sub", 1, 1, LONG_MAX, &req->sub, err);
+	case OP_ACK:
+	case OP_TOUCH:
+		return proto_long(req->root, "sub", 1, 1, LONG_MAX, &req->sub, err) != 0 ? -1 :
+		    proto_parse_ids(req, err);
+	case OP_NACK:
+		return proto_long(req->root, "sub", 1, 1, LONG_MAX, &req->sub, err) != 0 ||
+		    proto_parse_ids(req, err) != 0 ? -1 : proto_parse_nack(req, err);
+	case OP__COUNT:
+		break;
+	}
+	return proto_fail(err, "internal", "unhandled op");
+}
+
+int
+proto_parse_request(const char *line, size_t len, const struct proto_limits *lim,
+    struct proto_request *req, struct proto_error *err)
+{
+	json_error_t jerr;
+	json_t *op, *rid;
+	const char *name;
+
+	memset(req, 0, sizeof(*req));
+	req->delay_ms = -1;
+	err->rid = NULL;
+	req->root = json_loadb(line, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+	if (req->root == NULL)
+		return proto_fail(err, "bad_json", "invalid JSON at column %d: %s",
+		    jerr.column, jerr.text);
+	if (!json_is_object(req->root))
+		return proto_fail(err, "bad_json", "a request must be a JSON object");
+	rid = json_object_get(req->root, "rid");
+	if (rid != NULL && !json_is_string(rid) && !json_is_integer(rid))
+		return proto_fail(err, "bad_request", "rid: must be a string or an integer");
+	req->rid = err->rid = rid;
+	op = json_object_get(req->root, "op");
+	if (op == NULL)
+		return proto_fail(err, "bad_request", "op: required");
+	if (!json_is_string(op))
+		return proto_fail(err, "bad_request", "op: must be a string");
+	name = json_string_value(op);
+	for (req->op = 0; req->op < OP__COUNT; req->op++)
+		if (strcmp(name, proto_op_names[req->op]) == 0)
+			return proto_parse_op(req, lim, err);
+	return proto_fail(err, "unknown_op", "unknown op \"%.64s\"", name);
+}
+
+void
+proto_request_free(struct proto_request *req)
+{
+	for (size_t i = 0; i < req->nmsgs; i++)
+		free(req->msgs[i].data);
+	free(req->msgs);
+	free(req->ids);
+	json_decref(req->root);
+	memset(req, 0, sizeof(*req));
+}
+
+/* Length of a valid UTF-8 sequence at s (at most n bytes), 0 if invalid. */
+static size_t
+proto_utf8_len(const unsigned char *s, size_t n)
+{
+	size_t need;
+	uint32_t cp;
+
+	if (s[0] < 0x80)
+		return 1;
+	if ((s[0] & 0xe0) == 0xc0) { need = 2; cp = s[0] & 0x1f; }
+	else if ((s[0] & 0xf0) == 0xe0) { need = 3; cp = s[0] & 0x0f; }
+	else if ((s[0] & 0xf8) == 0xf0) { need = 4; cp = s[0] & 0x07; }
+	else
+		return 0;
+	if (need > n)
+		return 0;
+	for (size_t i = 1; i < need; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (s[i] & 0x3f);
+	}
+	if ((need == 2 && cp < 0x80) || (need == 3 && cp < 0x800) ||
+	    (need == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+	    (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return need;
+}
+
+/* A JSON string; invalid UTF-8 (from entries others wrote) becomes U+FFFD. */
+void
+proto_put_string(struct evbuffer *out, const char *s, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t run = 0, i = 0;
+
+	evbuffer_add(out, "\"", 1);
+	while (i < len) {
+		size_t n = proto_utf8_len(p + i, len - i);
+		if (n > 0 && p[i] >= 0x20 && p[i] != '"' && p[i] != '\\') {
+			i += n;
+			run += n;
+			continue;
+		}
+		evbuffer_add(out, p + i - run, run);
+		run = 0;
+		if (n == 0)
+			evbuffer_add(out, "\\ufffd", 6);
+		else if (p[i] == '"' || p[i] == '\\') {
+			char esc[2] = { '\\', (char)p[i] };
+			evbuffer_add(out, esc, 2);
+		} else
+			evbuffer_add_printf(out, "\\u%04x", p[i]);
+		i++;
+	}
+	evbuffer_add(out, p + i - run, run);
+	evbuffer_add(out, "\"", 1);
+}
+
+static int
+proto_dump_cb(const char *buf, size_t size, void *data)
+{
+	return evbuffer_add(data, buf, size);
+}
+
+void
+proto_put_json(struct evbuffer *out, const json_t *v)
+{
+	json_dump_callback(v, proto_dump_cb, out, JSON_COMPACT | JSON_ENCODE_ANY);
+}
+
+void
+proto_ok_begin(struct evbuffer *out, const json_t *rid)
+{
+	if (rid != NULL) {
+		evbuffer_add(out, "{\"rid\":", 7);
+		proto_put_json(out, rid);
+		evbuffer_add(out, ",\"ok\":true", 10);
+	} else
+		evbuffer_add(out, "{\"ok\":true", 10);
+}
+
+void
+proto_end(struct evbuffer *out)
+{
+	evbuffer_add(out, "}\n", 2);
+}
+
+void
+proto_reply_ok(struct evbuffer *out, const json_t *rid)
+{
+	proto_ok_begin(out, rid);
+	proto_end(out);
+}
+
+void
+proto_reply_error(struct evbuffer *out, const json_t *rid, const char *code,
+    const char *message)
+{
+	evbuffer_add(out, "{", 1);
+	if (rid != NULL) {
+		evbuffer_add(out, "\"rid\":", 6);
+		proto_put_json(out, rid);
+		evbuffer_add(out, ",", 1);
+	}
+	evbuffer_add_printf(out, "\"ok\":false,\"error\":\"%s\",\"message\":", code);
+	proto_put_string(out, message, strlen(message));
+	proto_end(out);
+}
+
+void
+proto_notice_bye(struct evbuffer *out, const char *reason)
+{
+	evbuffer_add(out, "{\"op\":\"bye\",\"reason\":", 21);
+	proto_put_string(out, reason, strlen(reason));
+	proto_end(out);
+}
+
+void
+proto_encode_delivery(struct evbuffer *out, const struct proto_delivery *d)
+{
+	evbuffer_add_printf(out, "{\"op\":\"msg\",\"sub\":%ld,\"stream\":", d->sub);
+	proto_put_string(out, d->stream, strlen(d->stream));
+	evbuffer_add(out, ",\"group\":", 9);
+	proto_put_string(out, d->group, strlen(d->group));
+	evbuffer_add_printf(out, ",\"id\":\"%s\",\"attempt\":%ld,\"ts\":%lld", d->id,
+	    d->attempt, d->ts);
+	if (d->type != NULL) {
+		evbuffer_add(out, ",\"type\":", 8);
+		proto_put_string(out, d->type, d->type_len);
+	}
+	if (d->source != NULL) {
+		evbuffer_add(out, ",\"source\":", 10);
+		proto_put_string(out, d->source, d->source_len);
+	}
+	evbuffer_add(out, ",\"data\":", 8);
+	evbuffer_add(out, d->data_json, d->data_len);
+	proto_end(out);
+}

@@ -1,0 +1,393 @@
+/*
+ * redis.c: Redis links over hiredis async + libevent.  Each link runs its
+ * own handshake before it counts as up; every command callback goes through
+ * redis_reply_cb, which keeps the inflight count and passes NULL replies on
+ * so callers can tell "not stored" from "unknown".
+ */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/event.h>
+#include <hiredis/async.h>
+#include <hiredis/adapters/libevent.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "redis.h"
+
+#define REDIS_BACKOFF_MIN_MS 100
+#define REDIS_BACKOFF_MAX_MS 5000
+
+struct redis_link {
+	char               name[64];
+	struct event_base *base;
+	redisAsyncContext *ac;
+	enum redis_state   state;
+	size_t             inflight;
+	int                failures;	/* consecutive, for backoff */
+	struct event      *timer;	/* reconnect or connect timeout */
+	redis_state_cb    *on_state;
+	void              *arg;
+};
+
+struct redis_call {
+	struct redis_link *link;
+	redis_cb          *cb;
+	void              *arg;
+};
+
+static struct redis_settings {
+	char  host[256];
+	int   port;
+	char *user, *password;
+	int   db;
+	long  connect_timeout_ms;
+} redis_settings = { "127.0.0.1", 6379, NULL, NULL, 0, 2000 };
+
+static int redis_nlinks;
+
+static void redis_schedule(struct redis_link *l, long ms);
+static void redis_lost(struct redis_link *l, const char *why);
+
+void
+redis_configure(const struct config *cfg)
+{
+	snprintf(redis_settings.host, sizeof(redis_settings.host), "%s", cfg->redis.host);
+	redis_settings.port = cfg->redis.port;
+	free(redis_settings.user);
+	free(redis_settings.password);
+	redis_settings.user = cfg->redis.user ? strdup(cfg->redis.user) : NULL;
+	redis_settings.password = cfg->redis.password ? strdup(cfg->redis.password) : NULL;
+	redis_settings.db = cfg->redis.db;
+	redis_settings.connect_timeout_ms = cfg->connect_timeout_ms;
+}
+
+int
+redis_link_count(void)
+{
+	return redis_nlinks;
+}
+
+int
+redis_reply_is_error(const redisReply *r)
+{
+	return r == NULL || r->type == REDIS_REPLY_ERROR;
+}
+
+int
+redis_reply_error_is(const redisReply *r, const char *prefix)
+{
+	return r != NULL && r->type == REDIS_REPLY_ERROR &&
+	    strncmp(r->str, prefix, strlen(prefix)) == 0;
+}
+
+static void
+redis_set_state(struct redis_link *l, enum redis_state st)
+{
+	int was_up = l->state == REDIS_UP, counted = l->state == REDIS_CONNECTING ||
+	    l->state == REDIS_HANDSHAKE || l->state == REDIS_UP;
+	int counts = st == REDIS_CONNECTING || st == REDIS_HANDSHAKE || st == REDIS_UP;
+
+	redis_nlinks += counts - counted;
+	l->state = st;
+	if (was_up != (st == REDIS_UP) && l->on_state != NULL)
+		l->on_state(l, st == REDIS_UP, l->arg);
+}
+
+static void
+redis_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
+{
+	struct redis_call *call = privdata;
+
+	(void)ac;
+	call->link->inflight--;
+	metrics.redis_inflight--;
+	if (call->cb != NULL)
+		call->cb(r, call->arg);
+	free(call);
+}
+
+static int
+redis_send(struct redis_link *l, redis_cb *cb, void *arg, int argc,
+    const char **argv, const size_t *argvlen)
+{
+	struct redis_call *call;
+
+	if (l->ac == NULL || (call = malloc(sizeof(*call))) == NULL)
+		return -1;
+	call->link = l;
+	call->cb = cb;
+	call->arg = arg;
+	if (redisAsyncCommandArgv(l->ac, redis_reply_cb, call, argc, argv, argvlen) != REDIS_OK) {
+		free(call);
+		return -1;
+	}
+	l->inflight++;
+	metrics.redis_inflight++;
+	return 0;
+}
+
+int
+redis_cmd_argv(struct redis_link *l, redis_cb *cb, void *arg, int argc,
+    const char **argv, const size_t *argvlen)
+{
+	if (l->state != REDIS_UP)
+		return -1;
+	return redis_send(l, cb, arg, argc, argv, argvlen);
+}
+
+int
+redis_cmd(struct redis_link *l, redis_cb *cb, void *arg, const char *fmt, ...)
+{
+	struct redis_call *call;
+	va_list ap;
+	int rc;
+
+	if (l->state != REDIS_UP || (call = malloc(sizeof(*call))) == NULL)
+		return -1;
+	call->link = l;
+	call->cb = cb;
+	call->arg = arg;
+	va_start(ap, fmt);
+	rc = redisvAsyncCommand(l->ac, redis_reply_cb, call, fmt, ap);
+	va_end(ap);
+	if (rc != REDIS_OK) {
+		free(call);
+		return -1;
+	}
+	l->inflight++;
+	metrics.redis_inflight++;
+	return 0;
+}
+
+/* The handshake's last reply: PING answered means the server serves. */
+static void
+redis_handshake_done(redisReply *r, void *arg)
+{
+	struct redis_link *l = arg;
+
+	if (r == NULL || l->state != REDIS_HANDSHAKE)
+		return;
+	if (redis_reply_is_error(r)) {
+		redis_lost(l, r->str);
+		return;
+	}
+	event_del(l->timer);
+	l->failures = 0;
+	log_info("redis", 0, "%s: connected to %s:%d", l->name, redis_settings.host,
+	    redis_settings.port);
+	redis_set_state(l, REDIS_UP);
+}
+
+static void
+redis_handshake_step(redisReply *r, void *arg)
+{
+	struct redis_link *l = arg;
+
+	if (r != NULL && redis_reply_is_error(r) && l->state == REDIS_HANDSHAKE)
+		redis_lost(l, r->str);
+}
+
+static void
+redis_connected(const redisAsyncContext *ac, int status)
+{
+	struct redis_link *l = ac->data;
+	char db[16];
+
+	if (status != REDIS_OK) {
+		/* hiredis frees the context after this callback. */
+		l->ac = NULL;
+		redis_lost(l, ac->errstr);
+		return;
+	}
+	redis_set_state(l, REDIS_HANDSHAKE);
+	if (redis_settings.password != NULL) {
+		const char *argv[3] = { "AUTH", redis_settings.user, redis_settings.password };
+		if (redis_settings.user != NULL)
+			redis_send(l, redis_handshake_step, l, 3, argv, NULL);
+		else {
+			argv[1] = redis_settings.password;
+			redis_send(l, redis_handshake_step, l, 2, argv, NULL);
+		}
+	}
+	if (redis_settings.db != 0) {
+		const char *argv[2] = { "SELECT", db };
+		snprintf(db, sizeof(db), "%d", redis_settings.db);
+		redis_send(l, redis_handshake_step, l, 2, argv, NULL);
+	}
+	{
+		const char *argv[1] = { "PING" };
+		redis_send(l, redis_handshake_done, l, 1, argv, NULL);
+	}
+}
+
+static void
+redis_disconnected(const redisAsyncContext *ac, int status)
+{
+	struct redis_link *l = ac->data;
+
+	(void)status;
+	l->ac = NULL;	/* hiredis frees it */
+	if (l->state != REDIS_CLOSED)
+		redis_lost(l, ac->errstr[0] ? ac->errstr : "connection closed");
+}
+
+static void
+redis_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct redis_link *l = arg;
+
+	(void)fd;
+	(void)what;
+	if (l->state == REDIS_CONNECTING || l->state == REDIS_HANDSHAKE)
+		redis_lost(l, "connect timeout");
+	else if (l->state == REDIS_DOWN)
+		redis_link_start(l);
+}
+
+/* Backoff: 100 ms doubling to 5 s, with up to 50% random jitter so that
+ * many links (and daemons) do not reconnect in lockstep. */
+static long
+redis_backoff_ms(int failures)
+{
+	long ms = REDIS_BACKOFF_MIN_MS;
+
+	for (int i = 1; i < failures && ms < REDIS_BACKOFF_MAX_MS; i++)
+		ms *= 2;
+	if (ms > REDIS_BACKOFF_MAX_MS)
+		ms = REDIS_BACKOFF_MAX_MS;
+	return ms / 2 + random() % (ms / 2 + 1);
+}
+
+static void
+redis_lost(struct redis_link *l, const char *why)
+{
+	redisAsyncContext *ac = l->ac;
+
+	if (l->state == REDIS_CLOSED || l->state == REDIS_DOWN)
+		return;
+	if (l->state == REDIS_UP || l->failures == 0)
+		log_warn("redis", 0, "%s: connection lost: %s", l->name, why ? why : "?");
+	l->failures++;
+	redis_set_state(l, REDIS_DOWN);
+	if (ac != NULL) {
+		l->ac = NULL;
+		ac->onDisconnect = NULL;
+		redisAsyncFree(ac);	/* pending callbacks get NULL */
+	}
+	redis_schedule(l, redis_backoff_ms(l->failures));
+}
+
+static void
+redis_schedule(struct redis_link *l, long ms)
+{
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+	if (event_add(l->timer, &tv) != 0)
+		log_err("redis", 0, "%s: cannot arm timer", l->name);
+}
+
+struct redis_link *
+redis_link_new(struct event_base *base, const char *name, redis_state_cb *on_state,
+    void *arg)
+{
+	struct redis_link *l = calloc(1, sizeof(*l));
+
+	if (l == NULL)
+		return NULL;
+	snprintf(l->name, sizeof(l->name), "%s", name);
+	l->base = base;
+	l->on_state = on_state;
+	l->arg = arg;
+	l->state = REDIS_DOWN;
+	l->timer = evtimer_new(base, redis_timer_cb, l);
+	if (l->timer == NULL) {
+		free(l);
+		return NULL;
+	}
+	return l;
+}
+
+void
+redis_link_start(struct redis_link *l)
+{
+	redisAsyncContext *ac;
+
+	if (l->state != REDIS_DOWN)
+		return;
+	if (l->failures > 0)
+		metrics.redis_reconnects++;
+	ac = redisAsyncConnect(redis_settings.host, redis_settings.port);
+	if (ac == NULL || ac->err) {
+		log_warn("redis", 0, "%s: connect: %s", l->name, ac ? ac->errstr : "out of memory");
+		if (ac != NULL)
+			redisAsyncFree(ac);
+		l->failures++;
+		redis_schedule(l, redis_backoff_ms(l->failures));
+		return;
+	}
+	ac->data = l;
+	l->ac = ac;
+	redisLibeventAttach(ac, l->base);
+	redisAsyncSetConnectCallback(ac, redis_connected);
+	redisAsyncSetDisconnectCallback(ac, redis_disconnected);
+	redis_set_state(l, REDIS_CONNECTING);
+	redis_schedule(l, redis_settings.connect_timeout_ms);
+}
+
+void
+redis_link_reset(struct redis_link *l, const char *why)
+{
+	redis_lost(l, why);
+}
+
+static void
+redis_link_destroy(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	free(arg);
+}
+
+void
+redis_link_free(struct redis_link *l)
+{
+	redisAsyncContext *ac;
+
+	if (l == NULL)
+		return;
+	ac = l->ac;
+	l->on_state = NULL;
+	redis_set_state(l, REDIS_CLOSED);
+	l->ac = NULL;
+	if (ac != NULL) {
+		ac->onDisconnect = NULL;
+		redisAsyncFree(ac);
+	}
+	event_free(l->timer);
+	l->timer = NULL;
+	/* hiredis defers the free when called from one of its callbacks, and
+	 * then answers the pending commands later: free the link after. */
+	if (event_base_once(l->base, -1, EV_TIMEOUT, redis_link_destroy, l, NULL) != 0)
+		free(l);
+}
+
+int
+redis_link_up(const struct redis_link *l)
+{
+	return l->state == REDIS_UP;
+}
+
+size_t
+redis_link_inflight(const struct redis_link *l)
+{
+	return l->inflight;
+}
+
+const char *
+redis_link_name(const struct redis_link *l)
+{
+	return l->name;
+}
