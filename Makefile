@@ -19,7 +19,7 @@ CFLAGS   += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover
 LDFLAGS  += -fsanitize=$(SANITIZE)
 endif
 
-CORE_SRCS   := src/log.c src/config.c src/proto.c src/metrics.c src/redis.c \
+CORE_SRCS   := src/auth.c src/log.c src/config.c src/proto.c src/metrics.c src/redis.c \
                src/broker.c src/conn.c src/http.c src/util.c
 CORE_OBJS   := $(CORE_SRCS:.c=.o)
 CLIENT_OBJS := src/client.o
@@ -67,8 +67,25 @@ deps:
 	  fi; \
 	fi
 
+# Runs the daemon in the foreground with etc/streambus.conf.  When no Redis
+# answers at its redis.url, a private redis-server (AOF on, data in ./run/)
+# is started for it and stopped again when the daemon exits.
+RUN_CONF ?= etc/streambus.conf
 run: deps all
-	@sh etc/run.sh etc/streambus.conf
+	@url=$$(awk -F'=' '/^\[/{sec=$$0} sec=="[redis]" && $$1 ~ /^url[ \t]*$$/ {sub(/;.*/, "", $$2); gsub(/[ \t]/, "", $$2); print $$2}' $(RUN_CONF)); \
+	hp=$${url#redis://}; hp=$${hp##*@}; hp=$${hp%%/*}; host=$${hp%:*}; port=$${hp##*:}; \
+	[ -n "$$host" ] || { host=127.0.0.1; port=6379; }; \
+	rpid=""; \
+	if ! redis-cli -h $$host -p $$port ping >/dev/null 2>&1; then \
+	  mkdir -p run; echo "run: no Redis at $$host:$$port; starting a private redis-server (data in ./run/)"; \
+	  redis-server --bind $$host --port $$port --dir $$(pwd)/run --appendonly yes \
+	    --appendfsync everysec --save '' --daemonize no --logfile $$(pwd)/run/redis.log & rpid=$$!; \
+	  for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do \
+	    redis-cli -h $$host -p $$port ping >/dev/null 2>&1 && break; sleep 0.25; done; \
+	fi; \
+	trap '[ -n "$$rpid" ] && kill $$rpid 2>/dev/null; wait' EXIT INT TERM; \
+	./src/streambusd -c $(RUN_CONF); rc=$$?; \
+	exit $$rc
 
 unit: $(UNIT_TESTS)
 	@for t in $(UNIT_TESTS); do ./$$t || exit 1; done

@@ -16,6 +16,7 @@ struct event_base;
 struct evbuffer;
 struct sub;
 struct auth_token;
+struct auth_table;
 
 #define CONN_READ_CHUNK   65536	/* bytes read per wakeup */
 #define CONN_WRITE_CHUNK  (1 << 20)	/* bytes written per wakeup */
@@ -60,6 +61,8 @@ struct config;
 int  conn_init(struct event_base *base);
 void conn_set_config(const struct config *cfg);
 void conn_free_all(void);
+/* Switch token files; connections whose token is gone get bye "revoked". */
+void conn_set_auth(const struct auth_table *auth);
 void conn_pause_all(void);
 int  conn_busy(void);
 /* Listen on a TCP address and/or Unix socket; -1 with a log line on error. */

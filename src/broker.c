@@ -40,6 +40,7 @@
 
 #define BROKER_TICK_MS        250	/* claim sweeps */
 #define BROKER_POLL_MS        2000	/* gauges from XINFO */
+#define BROKER_RETAIN_MS      1000	/* trimming of acknowledged entries */
 #define BROKER_READ_BLOCK_MS  2000	/* XREADGROUP BLOCK */
 #define BROKER_READ_MAX       256	/* entries per read */
 #define BROKER_CLAIM_MAX      128	/* entries per claim sweep */
@@ -95,7 +96,7 @@ static struct broker {
 	uint64_t             next_uid;
 	char                 sha[41];
 	struct event        *tick;
-	uint64_t             last_poll_ns;
+	uint64_t             last_poll_ns, last_retain_ns;
 	struct evbuffer     *scratch;
 	int                  stopping;
 } B;
@@ -1162,6 +1163,20 @@ sub_forget(struct sub *s, const char *const *ids, size_t n, int acked)
 }
 
 static void
+sub_touch(struct sub *s, const char *const *ids, size_t n)
+{
+	uint64_t now = util_now_ns();
+
+	for (size_t i = 0; i < n; i++) {
+		uint64_t ms, seq, at;
+		uint32_t attempt;
+		if (proto_parse_id(ids[i], &ms, &seq) == 0 &&
+		    idset_take(&s->inflight, ms, seq, &at, &attempt) == 0)
+			idset_add(&s->inflight, ms, seq, now, attempt);
+	}
+}
+
+static void
 sub_kick(struct sub *s)
 {
 	if (s->recovering)
@@ -1312,6 +1327,7 @@ broker_sub_op(struct conn *c, uint64_t seq, struct proto_request *req)
 		sub_kick(s);
 		break;
 	case OP_TOUCH:
+		sub_touch(s, req->ids, req->nids);
 		if (sub_cmd_ids(s, touch_done, p, "XCLAIM", req->ids, req->nids, touch_tail, 1) != 0)
 			touch_done(NULL, p);
 		break;
@@ -1495,6 +1511,39 @@ broker_poll_gauges(void)
 			redis_cmd(B.cmd, gauges_done, s, "XINFO GROUPS %s", s->key);
 }
 
+/* ---- retention ---- */
+
+static void
+retain_done(redisReply *r, void *arg)
+{
+	struct stream *st = arg;
+
+	broker_check_noscript(r);
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+		if (r != NULL && r->type == REDIS_REPLY_ERROR)
+			log_warn("broker", 0, "%s: retention: %s", st->name, r->str);
+		return;
+	}
+	if (r->element[1]->integer > 0) {
+		st->m.trimmed_unread += (uint64_t)r->element[1]->integer;
+		log_warn("broker", 0, "%s: maxlen %ld removed %lld entries not yet acknowledged "
+		    "by every group", st->name, st->conf.maxlen, r->element[1]->integer);
+	}
+}
+
+/* Trim acknowledged entries of every stream (broker.lua "retain"). */
+static void
+broker_retain(void)
+{
+	char maxlen[24];
+
+	for (struct stream *s = B.streams; s != NULL; s = s->next) {
+		const char *argv[] = { s->key, "retain", "-", maxlen };
+		snprintf(maxlen, sizeof(maxlen), "%ld", s->conf.maxlen);
+		broker_script(retain_done, s, 1, 4, argv, NULL);
+	}
+}
+
 /* ---- dispatch ---- */
 
 static void
@@ -1587,6 +1636,27 @@ cmd_state(struct redis_link *l, int up, void *arg)
 		}
 }
 
+/* Deliveries past their ack deadline belong to the claim sweep now: stop
+ * counting them against the subscription's prefetch. */
+static void
+sub_expire(struct sub *s, uint64_t now)
+{
+	uint64_t deadline = (uint64_t)s->group->stream->conf.ack_timeout_ms * 1000000ull;
+	const struct idset_slot *sl;
+	size_t i = 0;
+	int expired = 0;
+
+	while ((sl = idset_next(&s->inflight, &i)) != NULL)
+		if (now - sl->at_ns > deadline) {
+			uint64_t at;
+			uint32_t attempt;
+			idset_take(&s->inflight, sl->ms, sl->seq, &at, &attempt);
+			expired = 1;
+		}
+	if (expired)
+		sub_can_take(s);
+}
+
 static void
 broker_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -1597,14 +1667,22 @@ broker_tick(evutil_socket_t fd, short what, void *arg)
 	(void)arg;
 	metrics.redis_links = (uint64_t)redis_link_count();
 	for (struct stream *s = B.streams; s != NULL; s = s->next)
-		for (struct group *g = s->groups; g != NULL; g = g->next)
+		for (struct group *g = s->groups; g != NULL; g = g->next) {
+			for (struct sub *x = g->subs; x != NULL; x = x->group_next)
+				sub_expire(x, now);
 			if (g->nsubs > 0) {
 				group_sweep(g);
 				group_fetch(g);
 			}
+		}
 	if (now - B.last_poll_ns >= BROKER_POLL_MS * 1000000ull) {
 		B.last_poll_ns = now;
 		broker_poll_gauges();
+	}
+	if (now - B.last_retain_ns >= BROKER_RETAIN_MS * 1000000ull && !B.stopping &&
+	    redis_link_up(B.cmd)) {
+		B.last_retain_ns = now;
+		broker_retain();
 	}
 }
 

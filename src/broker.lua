@@ -5,6 +5,7 @@
 --   claim:   KEYS stream dlq delayset     ARGV claim group consumer min_idle count max_attempts now owner scan
 --   release: KEYS stream dlq delayset     ARGV release group consumer due ids...
 --   dead:    KEYS stream dlq delayset     ARGV dead group reason now ids...
+--   retain:  KEYS stream                  ARGV retain - maxlen
 local mode = ARGV[1]
 
 if mode == 'pub' then
@@ -26,6 +27,45 @@ if mode == 'pub' then
     if msgid ~= '' then k = k + 1 end
   end
   return out
+end
+
+-- Stream ids compare as (ms, seq) pairs.
+local function idpair(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+
+local function idless(a, b)
+  local am, as = idpair(a)
+  local bm, bs = idpair(b)
+  return am < bm or (am == bm and as < bs)
+end
+
+if mode == 'retain' then
+  -- Trim what every group has acknowledged: below the oldest entry any
+  -- group still has pending or has not yet read.  Then the maxlen cap,
+  -- which may remove entries groups still need: those are counted.
+  if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
+  local floor = nil
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local f = {}
+    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+    local ms, seq = idpair(f['last-delivered-id'])
+    local need = ms .. '-' .. (seq + 1)
+    if f['pending'] > 0 then
+      local p = redis.call('XPENDING', KEYS[1], f['name'], '-', '+', 1)
+      if #p > 0 and idless(p[1][1], need) then need = p[1][1] end
+    end
+    if floor == nil or idless(need, floor) then floor = need end
+  end
+  local safe = 0
+  if floor ~= nil then safe = redis.call('XTRIM', KEYS[1], 'MINID', floor) end
+  local capped = 0
+  local maxlen = tonumber(ARGV[3])
+  if maxlen > 0 and redis.call('XLEN', KEYS[1]) > maxlen then
+    capped = redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)
+  end
+  return {safe, capped}
 end
 
 local group = ARGV[2]

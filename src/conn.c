@@ -26,6 +26,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "auth.h"
 #include "broker.h"
 #include "config.h"
 #include "conn.h"
@@ -52,6 +53,7 @@ static struct {
 	struct conn         *all;
 	size_t               count;
 	uint64_t             next_id;
+	const struct auth_table *auth;	/* NULL: no authentication */
 	char                 scratch[CONN_READ_CHUNK];
 	struct evbuffer     *tmp;
 } C;
@@ -321,9 +323,53 @@ conn_update_read(struct conn *c)
 	}
 }
 
+/* Token checks: a hello must name a known token, and with a token file
+ * nothing else is served before one; pub and sub need a matching glob. */
+static const char *
+conn_refusal(struct conn *c, const struct proto_request *req)
+{
+	if (C.auth == NULL)
+		return NULL;
+	if (req->op == OP_HELLO) {
+		const struct auth_token *tok = req->token ? auth_find(C.auth, req->token) : NULL;
+		if (tok == NULL)
+			return "unknown or missing token";
+		c->token = tok;
+		c->authed = 1;
+		return NULL;
+	}
+	if (!c->authed)
+		return "authenticate with hello and a token first";
+	if (!auth_allows(c->token, req->op, req->stream))
+		return req->op == OP_PUB ? "this token may not publish to that stream" :
+		    "this token may not subscribe to that stream";
+	return NULL;
+}
+
+void
+conn_set_auth(const struct auth_table *auth)
+{
+	struct conn *c, *next;
+
+	/* Connections keep working under the new file unless their token
+	 * is gone from it. */
+	for (c = C.all; c != NULL; c = next) {
+		next = c->next;
+		if (c->token == NULL)
+			continue;
+		c->token = auth ? auth_find(auth, c->token->secret) : NULL;
+		if (auth != NULL && c->token == NULL) {
+			c->authed = 0;
+			conn_close(c, "revoked", 1);
+		}
+	}
+	C.auth = auth;
+}
+
 static void
 conn_handle_line(struct conn *c, const char *line, size_t len)
 {
+	const char *refusal;
 	struct proto_request req;
 	struct proto_error err;
 	struct proto_limits lim = { (size_t)C.cfg->max_payload, (size_t)C.cfg->max_batch };
@@ -339,6 +385,11 @@ conn_handle_line(struct conn *c, const char *line, size_t len)
 		if (req.op == OP_PUB && req.stream != NULL)
 			broker_pub_rejected(req.stream, err.code);
 		proto_reply_error(C.tmp, err.rid, err.code, err.message);
+		conn_reply(c, seq, C.tmp);
+	} else if ((refusal = conn_refusal(c, &req)) != NULL) {
+		if (req.op == OP_PUB)
+			broker_pub_rejected(req.stream, "unauthorized");
+		proto_reply_error(C.tmp, req.rid, "unauthorized", refusal);
 		conn_reply(c, seq, C.tmp);
 	} else
 		broker_handle(c, seq, &req);

@@ -13,6 +13,7 @@
 
 #include <event2/event.h>
 
+#include "auth.h"
 #include "broker.h"
 #include "config.h"
 #include "conn.h"
@@ -26,6 +27,7 @@
 static struct {
 	struct event_base *base;
 	struct config     *cfg;
+	struct auth_table *auth;
 	const char        *path;	/* -c, or NULL for the default */
 	const char        *listen, *metrics, *redis;	/* overrides */
 	struct event      *stop_timer;
@@ -48,9 +50,9 @@ usage(FILE *f)
 	    "  -h, --help            this help\n", CONFIG_DEFAULT_PATH);
 }
 
-/* Build a config from the file and the command-line overrides. */
+/* Build a config (and its token table) from the file and the overrides. */
 static struct config *
-main_load_config(char *err, size_t errlen)
+main_load_config(struct auth_table **auth, char *err, size_t errlen)
 {
 	struct config *cfg = config_new();
 	const char *path = M.path;
@@ -65,6 +67,12 @@ main_load_config(char *err, size_t errlen)
 	    (M.listen && config_set_listen(cfg, M.listen, err, errlen) != 0) ||
 	    (M.metrics && config_set_metrics(cfg, M.metrics, err, errlen) != 0) ||
 	    (M.redis && config_set_redis_url(cfg, M.redis, err, errlen) != 0)) {
+		config_free(cfg);
+		return NULL;
+	}
+	*auth = NULL;
+	if (cfg->auth_tokens != NULL &&
+	    (*auth = auth_load(cfg->auth_tokens, err, errlen)) == NULL) {
 		config_free(cfg);
 		return NULL;
 	}
@@ -120,7 +128,8 @@ static void
 main_reload(void)
 {
 	char err[CONFIG_ERR_LEN];
-	struct config *ncfg = main_load_config(err, sizeof(err));
+	struct auth_table *nauth = NULL;
+	struct config *ncfg = main_load_config(&nauth, err, sizeof(err));
 	struct config *old = M.cfg;
 
 	if (ncfg == NULL) {
@@ -139,8 +148,12 @@ main_reload(void)
 	ncfg->prefix = strdup(old->prefix);
 	if (ncfg->prefix == NULL) {
 		config_free(ncfg);
+		auth_free(nauth);
 		return;
 	}
+	conn_set_auth(nauth);
+	auth_free(M.auth);
+	M.auth = nauth;
 	log_set_level((enum log_level)ncfg->log_level);
 	conn_set_config(ncfg);
 	broker_reconfigure(ncfg);
@@ -214,7 +227,7 @@ main(int argc, char **argv)
 	log_init();
 	if (main_parse_args(argc, argv, &test) != 0)
 		return 2;
-	if ((M.cfg = main_load_config(err, sizeof(err))) == NULL) {
+	if ((M.cfg = main_load_config(&M.auth, err, sizeof(err))) == NULL) {
 		if (test)
 			printf("%s\n", err);
 		else
@@ -224,6 +237,7 @@ main(int argc, char **argv)
 	if (test) {
 		printf("ok\n");
 		config_free(M.cfg);
+		auth_free(M.auth);
 		return 0;
 	}
 	log_set_level((enum log_level)M.cfg->log_level);
@@ -236,6 +250,7 @@ main(int argc, char **argv)
 		return 1;
 	}
 	conn_set_config(M.cfg);
+	conn_set_auth(M.auth);
 	if (conn_listen(M.cfg->listen, M.cfg->unix_socket) != 0 ||
 	    (M.cfg->metrics_listen != NULL && http_start(M.base, M.cfg->metrics_listen) != 0)) {
 		rc = 1;
@@ -265,5 +280,6 @@ out:
 	event_base_loop(M.base, EVLOOP_NONBLOCK);
 	event_base_free(M.base);
 	config_free(M.cfg);
+	auth_free(M.auth);
 	return rc;
 }

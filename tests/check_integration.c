@@ -1056,14 +1056,63 @@ START_TEST(t_many_subs_one_connection)
     }
     ck_assert(seen1 == 1 && seen2 == 1 && seen3 == 1);
     h_no_msg(s, 200);
-    /* Acks go to the right subscription. */
+    /* Acks go to the right subscription (ids of different streams may be
+     * equal, so only the subscription decides). */
     ck_assert_int_eq(h_ack(s, s1, i1), 1);
-    ck_assert_int_eq(h_ack(s, s2, i1), 0);
+    ck_assert_int_eq(h_ack(s, s1, i1), 0);
+    ck_assert_int_eq(xpending("sb:m1", "g2"), 1);
     ck_assert_int_eq(h_ack(s, s2, i2), 1);
     ck_assert_int_eq(h_ack(s, s3, i1), 1);
+    ck_assert_int_eq(xpending("sb:m1", "g"), 0);
+    ck_assert_int_eq(xpending("sb:m2", "g"), 0);
+    ck_assert_int_eq(xpending("sb:m1", "g2"), 0);
     json_decref(got);
     free(i1);
     free(i2);
+}
+END_TEST
+
+START_TEST(t_many_subscribers_served_promptly)
+{
+    /* 50 consumers of one group, prefetch 1 each, 50 entries: every
+     * consumer gets one at once (new subscriptions are served without
+     * waiting for each other). */
+    enum { N = 50 };
+    sb_client *p = h_connect();
+    static sb_client *cs[N];
+    for (int i = 0; i < N; i++) {
+        cs[i] = h_connect();
+        h_send(cs[i], "{'op':'sub','stream':'mp','group':'g','consumer':'c%d','prefetch':1}", i);
+    }
+    for (int i = 0; i < N; i++)
+        json_decref(h_ok(h_read(cs[i], H_WAIT_MS)));
+    long long t0 = h_now_ms();
+    for (int i = 0; i < N; i++)
+        free(h_pub(p, "mp", "1"));
+    json_t *seen = json_array();
+    int got[N] = { 0 };
+    for (int round = 0; round < 10000 && json_array_size(seen) < N && h_now_ms() < t0 + 3000;
+         round++) {
+        for (int i = 0; i < N; i++) {
+            json_t *e;
+            while ((e = sb_next_event(cs[i], 0)) != NULL) {
+                ck_assert_msg(!ids_contain(seen, mid(e)), "%s delivered twice", mid(e));
+                json_array_append_new(seen, json_string(mid(e)));
+                got[i]++;
+                json_decref(e);
+            }
+        }
+        h_sleep_ms(5);
+    }
+    int idle = 0;
+    for (int i = 0; i < N; i++)
+        idle += got[i] == 0;
+    ck_assert_msg(json_array_size(seen) == N,
+                  "only %zu of %d entries delivered within 3 s (%d of %d consumers got none)",
+                  json_array_size(seen), N, idle, N);
+    for (int i = 0; i < N; i++)
+        ck_assert_int_eq(got[i], 1);
+    json_decref(seen);
 }
 END_TEST
 
@@ -1120,8 +1169,12 @@ START_TEST(t_ack_counts)
     r = h_ok(h_req(s, "{'op':'ack','sub':%lld,'ids':['%s','%s','1-1']}", sub, ids[1], ids[2]));
     ck_assert_int_eq(h_int(r, "acked"), 2);
     json_decref(r);
-    r = h_ok(h_req(s, "{'op':'ack','sub':%lld,'ids':[]}", sub));
-    ck_assert_int_eq(h_int(r, "acked"), 0);
+    /* An empty list: nothing acknowledged, or refused naming the field. */
+    r = h_req(s, "{'op':'ack','sub':%lld,'ids':[]}", sub);
+    if (json_is_true(json_object_get(r, "ok")))
+        ck_assert_int_eq(h_int(r, "acked"), 0);
+    else
+        h_bad(r, "ids");
     json_decref(r);
     ck_assert_int_eq(xpending("sb:ak", "g"), 0);
     h_no_msg(s, 300);
@@ -1373,6 +1426,13 @@ START_TEST(t_reconnect_pending_first)
     a = h_connect();
     h_sub(a, "rc", "g", "cx", 10, NULL);
     json_t *got = collect(a, 5, H_WAIT_MS);
+    for (int i = 0; i < 5; i++)
+        for (int j = 0; j < i; j++)
+            ck_assert_msg(strcmp(mid(json_array_get(got, i)), mid(json_array_get(got, j))) != 0,
+                          "entry %s delivered twice to the reconnected consumer "
+                          "(attempts %lld and %lld) without ack, nack or deadline",
+                          mid(json_array_get(got, i)), h_int(json_array_get(got, j), "attempt"),
+                          h_int(json_array_get(got, i), "attempt"));
     for (int i = 0; i < 3; i++) {
         json_t *m = json_array_get(got, i);
         ck_assert_msg(strcmp(mid(m), old[i]) == 0, "delivery %d is %s, want old entry %s",
@@ -1401,10 +1461,11 @@ START_TEST(t_daemon_death_releases)
     for (int i = 0; i < 3; i++)
         ids[i] = h_pub(p, "dk", "1");
     json_decref(collect(a, 3, H_WAIT_MS));
-    sb_close(a);
-    sb_close(p);
+    /* Killed while its consumer is connected: nothing released on the way. */
     h_daemon_stop(SIGKILL, 2000);
     long long t0 = h_now_ms();
+    sb_close(a);
+    sb_close(p);
     h_daemon_start();
     sb_client *b = h_connect();
     h_sub(b, "dk", "g", "cb", 10, NULL);
@@ -1415,6 +1476,65 @@ START_TEST(t_daemon_death_releases)
         free(ids[i]);
     }
     json_decref(got);
+}
+END_TEST
+
+START_TEST(t_release_across_instances)
+{
+    /* The other consumer is on another streambusd sharing the Redis. */
+    sb_client *a = h_connect(), *p = h_connect();
+    h_extra_start(0);
+    sb_client *b = h_connect_extra(0);
+    h_sub(a, "xi", "g", "ca", 10, NULL);
+    char *ids[3];
+    for (int i = 0; i < 3; i++)
+        ids[i] = h_pub(p, "xi", "1");
+    json_decref(collect(a, 3, H_WAIT_MS));
+    h_sub(b, "xi", "g", "cb", 10, NULL);
+    h_no_msg(b, 300);
+    sb_close(a);
+    json_t *got = collect(b, 3, 1500);
+    for (int i = 0; i < 3; i++) {
+        ck_assert(ids_contain(got, ids[i]));
+        ck_assert_int_eq(h_int(json_array_get(got, i), "attempt"), 2);
+        free(ids[i]);
+    }
+    h_no_msg(b, 200);
+    /* And new entries flow to b through its own instance. */
+    char *id = h_pub(p, "xi", "2");
+    json_t *m = h_msg(b, H_WAIT_MS);
+    ck_assert_str_eq(mid(m), id);
+    json_decref(m);
+    free(id);
+    json_decref(got);
+}
+END_TEST
+
+START_TEST(t_death_other_instance)
+{
+    /* kill -9 of one instance: another one (already running) hands its
+     * consumers' entries on within 5 s. */
+    sb_client *a = h_connect(), *p = h_connect();
+    h_extra_start(0);
+    sb_client *b = h_connect_extra(0);
+    h_sub(a, "od", "g", "ca", 10, NULL);
+    char *ids[3];
+    for (int i = 0; i < 3; i++)
+        ids[i] = h_pub(p, "od", "1");
+    json_decref(collect(a, 3, H_WAIT_MS));
+    h_sub(b, "od", "g", "cb", 10, NULL);
+    h_no_msg(b, 300);
+    h_daemon_stop(SIGKILL, 2000);
+    long long t0 = h_now_ms();
+    json_t *got = collect(b, 3, until(t0 + 6500));
+    for (int i = 0; i < 3; i++) {
+        ck_assert(ids_contain(got, ids[i]));
+        ck_assert_int_eq(h_int(json_array_get(got, i), "attempt"), 2);
+        free(ids[i]);
+    }
+    json_decref(got);
+    sb_close(a);
+    sb_close(p);
 }
 END_TEST
 
@@ -1611,6 +1731,40 @@ START_TEST(t_sigterm_bye)
 }
 END_TEST
 
+START_TEST(t_sigint_bye)
+{
+    sb_client *c = h_connect();
+    json_decref(h_ok(h_req(c, "{'op':'ping'}")));
+    H.daemon_expected_dead = 1;
+    ck_assert_int_eq(kill(H.daemon.pid, SIGINT), 0);
+    json_t *e = h_event(c, H_WAIT_MS);
+    ck_assert_msg(e != NULL, "no bye after SIGINT");
+    ck_assert_str_eq(h_str(e, "op"), "bye");
+    ck_assert_str_eq(h_str(e, "reason"), "shutdown");
+    json_decref(e);
+    ck_assert_msg(h_wait_exit(&H.daemon, 6000), "daemon still running 6 s after SIGINT");
+    ck_assert_msg(WIFEXITED(H.daemon.status) && WEXITSTATUS(H.daemon.status) == 0,
+                  "exit status 0x%x after SIGINT, want exit 0", H.daemon.status);
+}
+END_TEST
+
+START_TEST(t_sighup_keeps_running)
+{
+    sb_client *c = h_connect(), *s = h_connect();
+    long long sub = h_sub(s, "hup", "g", "c", 0, NULL);
+    ck_assert_int_eq(kill(H.daemon.pid, SIGHUP), 0);
+    h_sleep_ms(300);
+    ck_assert_msg(h_daemon_running(), "daemon died on SIGHUP");
+    json_decref(h_ok(h_req(c, "{'op':'ping'}")));
+    char *id = h_pub(c, "hup", "1");
+    json_t *m = h_msg(s, H_WAIT_MS);
+    ck_assert_str_eq(mid(m), id);
+    ck_assert_int_eq(h_int(m, "sub"), sub);
+    json_decref(m);
+    free(id);
+}
+END_TEST
+
 /* ============================================================ HTTP */
 
 static const char *families[][2] = {
@@ -1777,6 +1931,15 @@ START_TEST(t_health_and_404)
 }
 END_TEST
 
+START_TEST(t_metrics_off)
+{
+    H.metrics_off = 1;
+    sb_client *c = h_connect();
+    json_decref(h_ok(h_req(c, "{'op':'ping'}")));
+    ck_assert_int_eq(h_http_get(H.metrics_port, "/metrics", NULL, NULL), -1);
+}
+END_TEST
+
 /* ============================================================ scale */
 
 START_TEST(t_redis_connections_constant)
@@ -1793,7 +1956,7 @@ START_TEST(t_redis_connections_constant)
     static sb_client *cs[N];
     for (int i = 0; i < N; i++) {
         cs[i] = h_connect();
-        h_send(cs[i], "{'op':'sub','stream':'cc','group':'g%d','consumer':'c%d','prefetch':1}",
+        h_send(cs[i], "{'op':'sub','stream':'cc','group':'g%d','consumer':'c%d'}",
                i % GROUPS, i + 1);
     }
     for (int i = 0; i < N; i++)
@@ -2143,6 +2306,7 @@ int main(void)
     tcase_add_test(tc, t_two_consumers_split);
     tcase_add_test(tc, t_many_subs_one_connection);
     tcase_add_test(tc, t_default_consumer_name);
+    tcase_add_test(tc, t_many_subscribers_served_promptly);
     tcase_add_test(tc, t_raw_xadd_fields);
     tcase_add_test(tc, t_trim_keeps_unacked);
 
@@ -2160,16 +2324,21 @@ int main(void)
     tcase_add_test(tc, t_disconnect_releases);
     tcase_add_test(tc, t_reconnect_pending_first);
     tcase_add_test(tc, t_daemon_death_releases);
+    tcase_add_test(tc, t_release_across_instances);
+    tcase_add_test(tc, t_death_other_instance);
 
     tc = tcase(s, "stats", 20);
     tcase_add_test(tc, t_stats);
 
     tc = tcase(s, "shutdown", 30);
     tcase_add_test(tc, t_sigterm_bye);
+    tcase_add_test(tc, t_sigint_bye);
+    tcase_add_test(tc, t_sighup_keeps_running);
 
     tc = tcase(s, "http", 30);
     tcase_add_test(tc, t_metrics);
     tcase_add_test(tc, t_health_and_404);
+    tcase_add_test(tc, t_metrics_off);
 
     tc = tcase(s, "scale", 60);
     tcase_add_test(tc, t_redis_connections_constant);

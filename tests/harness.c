@@ -295,6 +295,9 @@ static void procs_cleanup(void)
     }
     if (H.daemon.pid && !H.daemon.reaped)
         h_stop(&H.daemon, SIGKILL, 2000);
+    for (int i = 0; i < 2; i++)
+        if (H.extra[i].pid && !H.extra[i].reaped)
+            h_stop(&H.extra[i], SIGKILL, 2000);
     if (H.redis.pid && !H.redis.reaped)
         h_stop(&H.redis, SIGKILL, 2000);
 }
@@ -512,6 +515,9 @@ void h_teardown(void)
         }
         h_stop(&H.daemon, SIGTERM, 3000);
     }
+    for (int i = 0; i < 2; i++)
+        if (H.extra[i].pid)
+            h_stop(&H.extra[i], SIGTERM, 3000);
     h_stop(&H.redis, SIGTERM, 3000);
     if (daemon_died) {
         char *log = h_daemon_log();
@@ -598,26 +604,37 @@ int h_daemon_running(void)
     return H.daemon.pid && h_alive(&H.daemon);
 }
 
-static int daemon_ready(void)
+/* The daemon answers ping itself, also before its Redis link is up: ready
+ * means ping answers and then (stats_too) a stats request gets through to
+ * Redis.  With a token file both answer "unauthorized", which will do. */
+static int ping_ready(const char *addr, int stats_too)
 {
     char err[256];
-    sb_client *c = sb_connect(H.addr, err, sizeof err);
+    sb_client *c = sb_connect(addr, err, sizeof err);
     if (!c)
         return 0;
-    json_t *req = json_pack("{s:s}", "op", "ping");
-    json_t *r = sb_request(c, req, 500);
-    json_decref(req);
-    /* Any reply will do: with a token file, ping answers "unauthorized". */
-    int ok = r && json_object_get(r, "ok") != NULL;
-    json_decref(r);
+    const char *ops[2] = { "ping", "stats" };
+    int ok = 1;
+    for (int i = 0; i < 1 + !!stats_too && ok; i++) {
+        json_t *req = json_pack("{s:s}", "op", ops[i]);
+        json_t *r = sb_request(c, req, 500);
+        json_decref(req);
+        const char *e = json_string_value(json_object_get(r, "error"));
+        ok = r && (json_is_true(json_object_get(r, "ok")) ||
+                   (e && strcmp(e, "unauthorized") == 0));
+        json_decref(r);
+    }
     sb_close(c);
-    if (!ok)
+    return ok;
+}
+
+static int daemon_ready(void)
+{
+    if (!ping_ready(H.addr, H.metrics_off))
         return 0;
-    int fd = tcp_connect(H.metrics_port, 200);
-    if (fd < 0)
-        return 0;
-    close(fd);
-    return 1;
+    if (H.metrics_off)
+        return 1;
+    return h_http_get(H.metrics_port, "/health", NULL, NULL) == 200;
 }
 
 static int daemon_spawn_once(void)
@@ -631,7 +648,7 @@ static int daemon_spawn_once(void)
     snprintf(log, sizeof log, "%s/daemon.log", H.dir);
     h_write_conf(H.conf_path);
     char *argv[] = { daemon_bin, "-c", H.conf_path, "--listen", listen,
-                     "--metrics", metrics, "--redis", redis, NULL };
+                     "--metrics", H.metrics_off ? "off" : metrics, "--redis", redis, NULL };
     h_spawn(argv, log, &H.daemon);
     H.daemon_starts++;
     H.daemon_expected_dead = 0;
@@ -686,6 +703,48 @@ void h_daemon_restart(void)
     if (H.daemon.pid)
         h_daemon_stop(SIGTERM, 5000);
     h_daemon_start();
+}
+
+void h_extra_start(int i)
+{
+    ck_assert(i >= 0 && i < 2);
+    if (!H.conf_path[0]) {
+        snprintf(H.conf_path, sizeof H.conf_path, "%s/streambus.conf", H.dir);
+        h_write_conf(H.conf_path);
+    }
+    if (H.extra[i].pid)
+        h_stop(&H.extra[i], SIGTERM, 5000);
+    for (int attempt = 0; attempt < 3; attempt++) {
+        if (attempt > 0 || !H.extra_port[i])
+            H.extra_port[i] = h_free_port();
+        char listen[64], redis[128], log[700];
+        snprintf(H.extra_addr[i], sizeof H.extra_addr[i], "127.0.0.1:%d", H.extra_port[i]);
+        snprintf(listen, sizeof listen, "127.0.0.1:%d", H.extra_port[i]);
+        snprintf(redis, sizeof redis, "redis://127.0.0.1:%d/0", H.redis_port);
+        snprintf(log, sizeof log, "%s/daemon-extra%d.log", H.dir, i);
+        char *argv[] = { daemon_bin, "-c", H.conf_path, "--listen", listen,
+                         "--metrics", "off", "--redis", redis, NULL };
+        h_spawn(argv, log, &H.extra[i]);
+        long long end = mono_ms() + H_WAIT_MS;
+        for (int k = 0; k < 1000 && mono_ms() < end && h_alive(&H.extra[i]); k++) {
+            if (ping_ready(H.extra_addr[i], 1))
+                return;
+            h_sleep_ms(10);
+        }
+        h_stop(&H.extra[i], SIGKILL, 1000);
+    }
+    char log[700];
+    snprintf(log, sizeof log, "%s/daemon-extra%d.log", H.dir, i);
+    char *txt = h_read_file(log);
+    ck_abort_msg("extra streambusd %d did not start; log:\n%s", i, txt ? txt : "");
+}
+
+sb_client *h_connect_extra(int i)
+{
+    char err[256];
+    sb_client *c = sb_connect(H.extra_addr[i], err, sizeof err);
+    ck_assert_msg(c != NULL, "sb_connect %s: %s", H.extra_addr[i], err);
+    return c;
 }
 
 char *h_daemon_log(void)

@@ -51,6 +51,11 @@ typedef struct h_env {
     h_proc daemon;
     int    daemon_expected_dead; /* the test killed it on purpose */
     int    daemon_starts;
+    int    metrics_off;       /* start the daemon with --metrics off */
+    /* More instances sharing the same Redis and configuration. */
+    h_proc extra[2];
+    int    extra_port[2];
+    char   extra_addr[2][64];
 } h_env;
 
 extern h_env H;
@@ -98,6 +103,10 @@ int  h_daemon_stop(int sig, int timeout_ms); /* returns waitpid status */
 void h_daemon_restart(void);
 char *h_daemon_log(void);            /* malloc'd contents of its stderr log */
 int  h_daemon_running(void);
+/* Starts (or restarts) extra instance i (0 or 1) on its own ports, same
+ * Redis and config file; waits for ping.  Connect with h_connect_extra(). */
+void h_extra_start(int i);
+sb_client *h_connect_extra(int i);
 
 /* ---- Redis ---- */
 redisReply *h_redis(const char *fmt, ...);      /* asserts a reply; caller frees */
