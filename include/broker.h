@@ -47,7 +47,9 @@ void broker_conn_closed(struct conn *c);
 void broker_conn_writable(struct conn *c);
 /* Graceful stop: no new deliveries; release everything in flight. */
 void broker_stop_delivering(void);
-int  broker_idle(void);		/* nothing awaits Redis */
+int  broker_idle(void);
+/* Last step of a stop: drop our liveness record. */
+void broker_goodbye(void);		/* nothing awaits Redis */
 void broker_free(void);
 int  broker_redis_up(void);
 const struct metrics_stream *broker_metrics(void);

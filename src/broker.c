@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -41,6 +42,10 @@
 #define BROKER_TICK_MS        250	/* claim sweeps */
 #define BROKER_POLL_MS        2000	/* gauges from XINFO */
 #define BROKER_RETAIN_MS      1000	/* trimming of acknowledged entries */
+#define BROKER_LIVE_MS        1000	/* liveness record refresh and reaping */
+#define BROKER_LIVE_TTL_MS    3000	/* expiry of the liveness record */
+#define BROKER_GRACE_MS       5000	/* after a restart: our old consumers may return */
+#define BROKER_IDLE_CONSUMER_MS 600000	/* unowned consumers with nothing pending */
 #define BROKER_READ_BLOCK_MS  2000	/* XREADGROUP BLOCK */
 #define BROKER_READ_MAX       256	/* entries per read */
 #define BROKER_CLAIM_MAX      128	/* entries per claim sweep */
@@ -52,6 +57,7 @@ struct group {
 	struct stream      *stream;
 	char               *name;
 	char               *delay_key;	/* nack delays: id -> due ms */
+	char               *owners_key;	/* consumer -> daemon holding it */
 	struct redis_link  *reader;
 	int                 reading;
 	uint64_t            read_uid;	/* sub the running read is for */
@@ -96,7 +102,9 @@ static struct broker {
 	uint64_t             next_uid;
 	char                 sha[41];
 	struct event        *tick;
-	uint64_t             last_poll_ns, last_retain_ns;
+	uint64_t             last_poll_ns, last_retain_ns, last_live_ns, start_ns;
+	char                 me[320];		/* this daemon: host:listen */
+	char                *live_prefix, *live_key;
 	struct evbuffer     *scratch;
 	int                  stopping;
 } B;
@@ -312,13 +320,16 @@ group_get(struct stream *s, const char *name)
 		return g;
 	if ((g = calloc(1, sizeof(*g))) == NULL)
 		return NULL;
-	snprintf(suffix, sizeof(suffix), ":delay:%s", name);
 	g->stream = s;
 	g->name = strdup(name);
+	snprintf(suffix, sizeof(suffix), ":delay:%s", name);
 	g->delay_key = broker_key(s->name, suffix);
-	if (g->name == NULL || g->delay_key == NULL) {
+	snprintf(suffix, sizeof(suffix), ":owners:%s", name);
+	g->owners_key = broker_key(s->name, suffix);
+	if (g->name == NULL || g->delay_key == NULL || g->owners_key == NULL) {
 		free(g->name);
 		free(g->delay_key);
+		free(g->owners_key);
 		free(g);
 		return NULL;
 	}
@@ -585,6 +596,8 @@ sub_close(struct sub *s, struct pending *p)
 		pending_ok(p);
 		pending_free(p);
 	}
+	if (s->ready)
+		redis_cmd(B.cmd, NULL, NULL, "HDEL %s %s", g->owners_key, s->consumer);
 	free(block);
 	free(ids);
 	sub_free(s);
@@ -1007,6 +1020,17 @@ broker_pub(struct conn *c, uint64_t seq, struct proto_request *req)
 
 /* ---- subscribe ---- */
 
+/* Create the group if needed and take the consumer name (broker.lua own). */
+static int
+broker_own(struct group *g, const char *consumer, const char *from, redis_cb *cb,
+    void *arg)
+{
+	const char *argv[] = { g->stream->key, g->owners_key, "own", g->name, consumer,
+	    B.me, from, B.live_prefix };
+
+	return broker_script(cb, arg, 2, 8, argv, NULL);
+}
+
 static struct sub *
 conn_sub(struct conn *c, long id)
 {
@@ -1036,9 +1060,18 @@ sub_created(redisReply *r, void *arg)
 		pending_free(p);
 		return;
 	}
-	if (r == NULL || (redis_reply_is_error(r) && !redis_reply_error_is(r, "BUSYGROUP"))) {
+	broker_check_noscript(r);
+	if (r == NULL || redis_reply_is_error(r)) {
 		const char *code = r == NULL || !redis_reply_error_is(r, "ERR") ? "unavailable" : "bad_request";
 		reply_error(c, p->seq, p->rid, code, r ? r->str : "Redis connection lost");
+		sub_free(s);
+		pending_free(p);
+		return;
+	}
+	if ((r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) &&
+	    strcmp(r->str, "in_use") == 0) {
+		reply_error(c, p->seq, p->rid, "consumer_in_use",
+		    "that consumer is subscribed to this stream and group through another streambusd");
 		sub_free(s);
 		pending_free(p);
 		return;
@@ -1118,8 +1151,7 @@ broker_sub(struct conn *c, uint64_t seq, struct proto_request *req)
 	if (req->from != NULL)
 		from = strcmp(req->from, "all") == 0 ? "0" : strcmp(req->from, "new") == 0 ?
 		    "$" : req->from;
-	if (redis_cmd(B.cmd, sub_created, p, "XGROUP CREATE %s %s %s MKSTREAM", st->key,
-	    g->name, from) != 0)
+	if (broker_own(g, s->consumer, from, sub_created, p) != 0)
 		sub_created(NULL, p);
 }
 
@@ -1544,6 +1576,66 @@ broker_retain(void)
 	}
 }
 
+/* ---- several daemons: liveness and reaping ---- */
+
+static void
+reap_done(redisReply *r, void *arg)
+{
+	struct group *g = arg;
+
+	broker_check_noscript(r);
+	if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer > 0) {
+		log_info("broker", 0, "%s/%s: released %lld entries of consumers whose daemon "
+		    "is gone", g->stream->name, g->name, r->integer);
+		group_sweep(g);
+	} else if (r != NULL && r->type == REDIS_REPLY_ERROR)
+		log_warn("broker", 0, "%s/%s: reap: %s", g->stream->name, g->name, r->str);
+}
+
+static void
+group_reap(struct group *g, int grace_over)
+{
+	char idle[24];
+	const char **argv = malloc((g->nsubs + 9) * sizeof(*argv));
+	int argc = 0;
+
+	if (argv == NULL)
+		return;
+	snprintf(idle, sizeof(idle), "%d", BROKER_IDLE_CONSUMER_MS);
+	argv[argc++] = g->stream->key;
+	argv[argc++] = g->owners_key;
+	argv[argc++] = "reap";
+	argv[argc++] = g->name;
+	argv[argc++] = B.me;
+	argv[argc++] = B.live_prefix;
+	argv[argc++] = grace_over ? "1" : "0";
+	argv[argc++] = idle;
+	for (struct sub *x = g->subs; x != NULL; x = x->group_next)
+		argv[argc++] = x->consumer;
+	broker_script(reap_done, g, 2, argc, argv, NULL);
+	free(argv);
+}
+
+/* Our liveness record, then the consumers of daemons without one. */
+static void
+broker_live(uint64_t now)
+{
+	int grace_over = now - B.start_ns > BROKER_GRACE_MS * 1000000ull;
+
+	redis_cmd(B.cmd, NULL, NULL, "SET %s %d PX %d", B.live_key, (int)getpid(),
+	    BROKER_LIVE_TTL_MS);
+	for (struct stream *s = B.streams; s != NULL; s = s->next)
+		for (struct group *g = s->groups; g != NULL; g = g->next)
+			group_reap(g, grace_over);
+}
+
+void
+broker_goodbye(void)
+{
+	if (B.cmd != NULL && B.live_key != NULL)
+		redis_cmd(B.cmd, NULL, NULL, "DEL %s", B.live_key);
+}
+
 /* ---- dispatch ---- */
 
 static void
@@ -1623,14 +1715,16 @@ cmd_state(struct redis_link *l, int up, void *arg)
 		return;
 	}
 	redis_cmd(l, broker_script_loaded, NULL, "SCRIPT LOAD %s", broker_lua);
+	redis_cmd(l, NULL, NULL, "SET %s %d PX %d", B.live_key, (int)getpid(), BROKER_LIVE_TTL_MS);
 	/* Groups may have vanished with the data: recreate, then resume. */
 	for (struct stream *s = B.streams; s != NULL; s = s->next)
 		for (struct group *g = s->groups; g != NULL; g = g->next) {
 			if (g->nsubs == 0)
 				continue;
-			redis_cmd(l, NULL, NULL, "XGROUP CREATE %s %s 0 MKSTREAM", s->key, g->name);
-			for (struct sub *x = g->subs; x != NULL; x = x->group_next)
+			for (struct sub *x = g->subs; x != NULL; x = x->group_next) {
+				broker_own(g, x->consumer, "0", NULL, NULL);
 				x->recovering = x->ready;
+			}
 			group_sweep(g);
 			group_fetch(g);
 		}
@@ -1679,6 +1773,11 @@ broker_tick(evutil_socket_t fd, short what, void *arg)
 		B.last_poll_ns = now;
 		broker_poll_gauges();
 	}
+	if (now - B.last_live_ns >= BROKER_LIVE_MS * 1000000ull && !B.stopping &&
+	    redis_link_up(B.cmd)) {
+		B.last_live_ns = now;
+		broker_live(now);
+	}
 	if (now - B.last_retain_ns >= BROKER_RETAIN_MS * 1000000ull && !B.stopping &&
 	    redis_link_up(B.cmd)) {
 		B.last_retain_ns = now;
@@ -1696,6 +1795,15 @@ broker_init(struct event_base *base, const struct config *cfg)
 	B.cfg = cfg;
 	redis_configure(cfg);
 	if (idmap_init(&B.subs, 4096) != 0 || (B.scratch = evbuffer_new()) == NULL)
+		return -1;
+	B.start_ns = util_now_ns();
+	{
+		char host[256] = "localhost";
+		gethostname(host, sizeof(host) - 1);
+		snprintf(B.me, sizeof(B.me), "%s/%s", host, cfg->listen);
+	}
+	B.live_prefix = broker_key("daemon:", "");
+	if (B.live_prefix == NULL || asprintf(&B.live_key, "%s%s", B.live_prefix, B.me) < 0)
 		return -1;
 	B.cmd = redis_link_new(base, "command", cmd_state, NULL);
 	B.tick = event_new(base, -1, EV_PERSIST, broker_tick, NULL);
@@ -1760,6 +1868,7 @@ broker_free(void)
 			gn = g->next;
 			free(g->name);
 			free(g->delay_key);
+			free(g->owners_key);
 			free(g->read_consumer);
 			free(g);
 		}
@@ -1769,6 +1878,8 @@ broker_free(void)
 		free(s);
 	}
 	idmap_free(&B.subs);
+	free(B.live_prefix);
+	free(B.live_key);
 	if (B.scratch != NULL)
 		evbuffer_free(B.scratch);
 	memset(&B, 0, sizeof(B));

@@ -6,6 +6,8 @@
 --   release: KEYS stream dlq delayset     ARGV release group consumer due ids...
 --   dead:    KEYS stream dlq delayset     ARGV dead group reason now ids...
 --   retain:  KEYS stream                  ARGV retain - maxlen
+--   own:     KEYS stream owners           ARGV own group consumer me from liveprefix
+--   reap:    KEYS stream owners           ARGV reap group me liveprefix grace idle_ms live...
 local mode = ARGV[1]
 
 if mode == 'pub' then
@@ -69,6 +71,74 @@ if mode == 'retain' then
 end
 
 local group = ARGV[2]
+
+-- Hand all of a consumer's pending entries back to its group: idle far
+-- past any deadline, so the next claim sweep of any daemon takes them.
+local function release_all(consumer)
+  local n, start = 0, '-'
+  while true do
+    local p = redis.call('XPENDING', KEYS[1], group, start, '+', 500, consumer)
+    if #p == 0 then return n end
+    local args = {KEYS[1], group, consumer, 0}
+    for _, e in ipairs(p) do args[#args + 1] = e[1] end
+    for _, v in ipairs({'IDLE', '1000000000', 'JUSTID'}) do args[#args + 1] = v end
+    redis.call('XCLAIM', unpack(args))
+    n = n + #p
+    start = '(' .. p[#p][1]
+  end
+end
+
+if mode == 'own' then
+  -- Create the group if needed, then take the consumer name unless a live
+  -- daemon holds it.
+  local r = redis.pcall('XGROUP', 'CREATE', KEYS[1], group, ARGV[5], 'MKSTREAM')
+  if type(r) == 'table' and r.err and not string.find(r.err, 'BUSYGROUP') then
+    return r
+  end
+  local owner = redis.call('HGET', KEYS[2], ARGV[3])
+  if owner and owner ~= ARGV[4] and redis.call('EXISTS', ARGV[6] .. owner) == 1 then
+    return 'in_use'
+  end
+  redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+  return 'ok'
+end
+
+if mode == 'reap' then
+  -- Consumers whose daemon is gone (its liveness key expired), or ours
+  -- from before a restart that did not come back within the grace time:
+  -- release their entries.  Then remove consumers nobody owns that sat
+  -- idle with nothing pending (removing one with pending entries would
+  -- drop them).
+  local me, prefix, grace, idle = ARGV[3], ARGV[4], ARGV[5] == '1', tonumber(ARGV[6])
+  local live, released = {}, 0
+  for i = 7, #ARGV do live[ARGV[i]] = true end
+  local owners = redis.call('HGETALL', KEYS[2])
+  for i = 1, #owners, 2 do
+    local consumer, owner = owners[i], owners[i + 1]
+    local dead
+    if owner == me then
+      dead = grace and not live[consumer]
+    else
+      dead = redis.call('EXISTS', prefix .. owner) == 0
+    end
+    if dead then
+      released = released + release_all(consumer)
+      redis.call('HDEL', KEYS[2], consumer)
+    end
+  end
+  local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], group)
+  if ok then
+    for _, c in ipairs(consumers) do
+      local f = {}
+      for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+      if f['pending'] == 0 and f['idle'] > idle and
+         redis.call('HEXISTS', KEYS[2], f['name']) == 0 then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[1], group, f['name'])
+      end
+    end
+  end
+  return released
+end
 
 -- Move one pending entry to the dead-letter stream and acknowledge it, in
 -- this one script: it is always in exactly one of the two places.

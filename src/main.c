@@ -98,6 +98,7 @@ main_stop_step(evutil_socket_t fd, short what, void *arg)
 	if (M.stop_phase == 1 && !conn_busy() && broker_idle()) {
 		M.stop_phase = 2;
 		conn_shutdown_all("shutdown");	/* releases deliveries, sends bye */
+		broker_goodbye();
 	}
 	/* 2: releases confirmed, byes flushed. */
 	if (M.stop_phase == 2 && conn_count() == 0 && broker_idle()) {
