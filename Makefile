@@ -30,7 +30,7 @@ UNIT_TESTS  := tests/check_proto tests/check_config tests/check_metrics
 INTEG_TESTS := tests/check_integration
 TESTS       := $(UNIT_TESTS) $(INTEG_TESTS)
 
-.PHONY: all deps run check unit integration bench chaos clean install uninstall
+.PHONY: all deps run check unit integration bench chaos chaos-short clean install uninstall
 
 all: $(BINS)
 
@@ -97,11 +97,24 @@ check: deps
 	@$(MAKE) --no-print-directory all $(TESTS)
 	@$(MAKE) --no-print-directory unit integration
 
+CHAOS := tests/chaos/chaos
+$(CHAOS): tests/chaos/chaos.c tests/harness.o $(CORE_OBJS) $(CLIENT_OBJS) $(wildcard include/*.h tests/*.h)
+	$(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ tests/chaos/chaos.c tests/harness.o $(CORE_OBJS) $(CLIENT_OBJS) $(LDLIBS)
+
+# The fault-injection suite: minutes per scenario.  `make check` runs it
+# in its short form (CHAOS_SECONDS=3).
+CHAOS_SECONDS ?= 60
+chaos: all $(CHAOS)
+	./$(CHAOS) --seconds $(CHAOS_SECONDS)
+
+chaos-short: all $(CHAOS)
+	./$(CHAOS) --seconds 3
+
 bench: all
 	@sh perf/run
 
 clean:
-	rm -f src/*.o tests/*.o perf/*.o $(BINS) $(TESTS)
+	rm -f src/*.o src/broker_lua.h tests/*.o perf/*.o $(BINS) $(TESTS) $(CHAOS)
 
 src/broker_lua.h: src/broker.lua
 	awk 'BEGIN { print "/* generated from broker.lua by make */"; print "static const char broker_lua[] =" } \

@@ -78,6 +78,14 @@ struct stream {
 	struct stream      *next;
 };
 
+/* A pub that arrived while Redis was down, waiting up to pub_wait_ms. */
+struct parked {
+	uint64_t       conn_id, seq;
+	uint64_t       deadline_ns;
+	struct proto_request req;	/* moved here from the caller */
+	struct parked *next;
+};
+
 /* A request waiting for Redis. */
 struct pending {
 	uint64_t       conn_id, seq, sub_uid;
@@ -91,12 +99,15 @@ struct pending {
 	json_t        *result;
 	int            waiting;
 	int            failed;
+	char          *text;		/* a reply kept until WAIT confirms */
+	size_t         text_len;
 };
 
 static struct broker {
 	struct event_base   *base;
 	const struct config *cfg;
 	struct redis_link   *cmd;
+	struct redis_link   *durable;	/* pubs of replicas:N streams, then WAIT */
 	struct stream       *streams;
 	struct idmap         subs;
 	uint64_t             next_uid;
@@ -107,9 +118,12 @@ static struct broker {
 	char                *live_prefix, *live_key;
 	struct evbuffer     *scratch;
 	int                  stopping;
+	struct parked       *parked, **parked_tail;
+	size_t               nparked;
 } B;
 
 static void group_fetch(struct group *g);
+static void broker_ensure_durable(const struct config *cfg);
 static void group_sweep(struct group *g);
 static void sub_free(struct sub *s);
 
@@ -134,6 +148,7 @@ pending_free(struct pending *p)
 {
 	json_decref(p->rid);
 	json_decref(p->result);
+	free(p->text);
 	free(p);
 }
 
@@ -177,10 +192,10 @@ pending_ok(struct pending *p)
 		reply_ok(c, p->seq, p->rid);
 }
 
-/* Run broker.lua: EVALSHA once its SHA is known, EVAL before. */
+/* Run broker.lua on link l: EVALSHA once its SHA is known, EVAL before. */
 static int
-broker_script(redis_cb *cb, void *arg, int nkeys, int argc, const char **argv,
-    const size_t *argvlen)
+broker_script_on(struct redis_link *l, redis_cb *cb, void *arg, int nkeys, int argc,
+    const char **argv, const size_t *argvlen)
 {
 	char nk[16];
 	int rc;
@@ -202,10 +217,17 @@ broker_script(redis_cb *cb, void *arg, int nkeys, int argc, const char **argv,
 		av[i + 3] = argv[i];
 		al[i + 3] = argvlen ? argvlen[i] : strlen(argv[i]);
 	}
-	rc = redis_cmd_argv(B.cmd, cb, arg, argc + 3, av, al);
+	rc = redis_cmd_argv(l, cb, arg, argc + 3, av, al);
 	free(av);
 	free(al);
 	return rc;
+}
+
+static int
+broker_script(redis_cb *cb, void *arg, int nkeys, int argc, const char **argv,
+    const size_t *argvlen)
+{
+	return broker_script_on(B.cmd, cb, arg, nkeys, argc, argv, argvlen);
 }
 
 static void
@@ -845,29 +867,30 @@ pub_fail(struct pending *p, const char *code, const char *msg)
 	pending_free(p);
 }
 
-/* Redis answered: the entries are stored, or (error) they are not. */
-static void
-pub_done(redisReply *r, void *arg)
+/* A pub reply that is no "stored": answer it (1) or go on (0). */
+static int
+pub_failed(struct pending *p, const redisReply *r)
 {
-	struct pending *p = arg;
-	struct conn *c;
-
 	broker_check_noscript(r);
 	if (r == NULL) {
-		pub_fail(p, "indeterminate", "the connection to Redis broke before it answered; "
-		    "retry with the same msgid");
-		return;
+		pub_count_error(p->stream, "indeterminate");
+		pending_error(p, "indeterminate", "the connection to Redis broke before it "
+		    "answered; retry with the same msgid");
+		return 1;
 	}
 	if (r->type == REDIS_REPLY_ERROR) {
-		pub_fail(p, "unavailable", r->str);
-		return;
+		pub_count_error(p->stream, "unavailable");
+		pending_error(p, "unavailable", r->str);
+		return 1;
 	}
-	p->stream->m.published += p->n;
-	metrics_observe(&p->stream->m.publish, (util_now_ns() - p->start_ns) / 1e9);
-	if ((c = pending_conn(p)) == NULL) {
-		pending_free(p);
-		return;
-	}
+	return 0;
+}
+
+/* The ok reply of a stored pub into B.scratch: an id, or ids of a batch
+ * (script replies are [id, dup] pairs). */
+static void
+pub_format(struct pending *p, const redisReply *r)
+{
 	proto_ok_begin(B.scratch, p->rid);
 	if (r->type == REDIS_REPLY_STRING) {		/* plain XADD */
 		evbuffer_add_printf(B.scratch, ",\"id\":\"%s\"", r->str);
@@ -893,7 +916,81 @@ pub_done(redisReply *r, void *arg)
 		}
 	}
 	proto_end(B.scratch);
-	conn_reply(c, p->seq, B.scratch);
+}
+
+static void
+pub_confirmed(struct pending *p)
+{
+	struct conn *c = pending_conn(p);
+
+	p->stream->m.published += p->n;
+	metrics_observe(&p->stream->m.publish, (util_now_ns() - p->start_ns) / 1e9);
+	if (c != NULL)
+		conn_reply(c, p->seq, B.scratch);
+	else
+		evbuffer_drain(B.scratch, evbuffer_get_length(B.scratch));
+}
+
+/* durability = redis: stored is confirmed. */
+static void
+pub_done(redisReply *r, void *arg)
+{
+	struct pending *p = arg;
+
+	if (!pub_failed(p, r)) {
+		pub_format(p, r);
+		pub_confirmed(p);
+	}
+	pending_free(p);
+}
+
+/* durability = replicas:N: stored, now wait for WAIT's answer.  The reply
+ * text waits in p->text. */
+static void
+pub_stored(redisReply *r, void *arg)
+{
+	struct pending *p = arg;
+	size_t len;
+
+	if (pub_failed(p, r)) {
+		p->failed = 1;
+		return;
+	}
+	pub_format(p, r);
+	len = evbuffer_get_length(B.scratch);
+	if ((p->text = malloc(len)) != NULL) {
+		evbuffer_remove(B.scratch, p->text, len);
+		p->text_len = len;
+	} else
+		evbuffer_drain(B.scratch, len);
+}
+
+static void
+pub_replicated(redisReply *r, void *arg)
+{
+	struct pending *p = arg;
+	char msg[160];
+
+	if (p->failed || p->text == NULL) {
+		if (!p->failed)
+			pending_error(p, "indeterminate", "stored, but out of memory confirming it");
+		pending_free(p);
+		return;
+	}
+	if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer >= p->stream->conf.replicas) {
+		evbuffer_add(B.scratch, p->text, p->text_len);
+		pub_confirmed(p);
+	} else {
+		/* On the master but not confirmed by enough replicas: a
+		 * failover could lose it, so it is not "ok"; it was stored, so
+		 * it is not "unavailable" either. */
+		snprintf(msg, sizeof(msg), "stored on the master but only %lld of %ld replicas "
+		    "confirmed within %ld ms; retry with the same msgid",
+		    r && r->type == REDIS_REPLY_INTEGER ? r->integer : 0LL,
+		    p->stream->conf.replicas, p->stream->conf.replicas_timeout_ms);
+		pub_count_error(p->stream, "indeterminate");
+		pending_error(p, "indeterminate", msg);
+	}
 	pending_free(p);
 }
 
@@ -918,8 +1015,8 @@ pub_fields(const struct conn *c, const struct proto_msg *m, const char **argv,
 }
 
 static int
-pub_send_xadd(struct conn *c, struct stream *s, const struct proto_msg *m,
-    struct pending *p)
+pub_send_xadd(struct redis_link *l, redis_cb *cb, struct conn *c, struct stream *s,
+    const struct proto_msg *m, struct pending *p)
 {
 	const char *argv[9];
 	size_t argvlen[9];
@@ -929,13 +1026,13 @@ pub_send_xadd(struct conn *c, struct stream *s, const struct proto_msg *m,
 	argv[n] = s->key; argvlen[n++] = strlen(s->key);
 	argv[n] = "*"; argvlen[n++] = 1;
 	n += pub_fields(c, m, argv + n, argvlen + n);
-	return redis_cmd_argv(B.cmd, pub_done, p, n, argv, argvlen);
+	return redis_cmd_argv(l, cb, p, n, argv, argvlen);
 }
 
 /* Batches and msgid dedup: one atomic script call. */
 static int
-pub_send_script(struct conn *c, struct stream *s, const struct proto_request *req,
-    struct pending *p)
+pub_send_script(struct redis_link *l, redis_cb *cb, struct conn *c, struct stream *s,
+    const struct proto_request *req, struct pending *p)
 {
 	size_t nmsgid = 0, max = 4 + req->nmsgs * 9, argc = 0;
 	const char **argv = malloc(max * sizeof(*argv));
@@ -977,7 +1074,7 @@ pub_send_script(struct conn *c, struct stream *s, const struct proto_request *re
 		argv[at] = nfs[i]; argvlen[at] = strlen(nfs[i]);
 		argc += k;
 	}
-	rc = broker_script(pub_done, p, (int)(1 + nmsgid), (int)argc, argv, argvlen);
+	rc = broker_script_on(l, cb, p, (int)(1 + nmsgid), (int)argc, argv, argvlen);
 out:
 	for (size_t i = 0; dedup != NULL && i < req->nmsgs; i++)
 		free(dedup[i]);
@@ -988,10 +1085,74 @@ out:
 	return rc;
 }
 
+static void broker_pub(struct conn *c, uint64_t seq, struct proto_request *req);
+
+/* Keep a pub for when Redis is back (0), or refuse (-1).  Bounded by
+ * max_inflight like the commands in flight. */
+static int
+pub_park(struct conn *c, uint64_t seq, struct proto_request *req)
+{
+	struct parked *pk;
+
+	if (B.cfg->pub_wait_ms <= 0 || B.stopping ||
+	    B.nparked >= (size_t)B.cfg->max_inflight || (pk = calloc(1, sizeof(*pk))) == NULL)
+		return -1;
+	pk->conn_id = c->id;
+	pk->seq = seq;
+	pk->deadline_ns = util_now_ns() + (uint64_t)B.cfg->pub_wait_ms * 1000000ull;
+	pk->req = *req;
+	memset(req, 0, sizeof(*req));	/* the caller's free is now a no-op */
+	if (B.parked == NULL)
+		B.parked_tail = &B.parked;
+	*B.parked_tail = pk;
+	B.parked_tail = &pk->next;
+	B.nparked++;
+	return 0;
+}
+
+enum unpark { UNPARK_SEND, UNPARK_EXPIRED, UNPARK_ALL };
+
+/* Send parked pubs in arrival order (Redis is back), or refuse those past
+ * their wait, or all of them (stopping). */
+static void
+pub_unpark(enum unpark how)
+{
+	uint64_t now = util_now_ns();
+	struct parked *list = B.parked, *pk;
+
+	if (how == UNPARK_SEND) {
+		/* Detach first: a pub whose link is still down parks again. */
+		B.parked = NULL;
+		B.nparked = 0;
+	}
+	while ((pk = how == UNPARK_SEND ? list : B.parked) != NULL) {
+		struct conn *c = conn_find(pk->conn_id);
+		if (how == UNPARK_EXPIRED && pk->deadline_ns > now)
+			break;	/* FIFO: the rest expire later */
+		if (how == UNPARK_SEND)
+			list = pk->next;
+		else {
+			B.parked = pk->next;
+			B.nparked--;
+		}
+		if (c != NULL && how == UNPARK_SEND)
+			broker_pub(c, pk->seq, &pk->req);
+		else if (c != NULL) {
+			pub_count_error(stream_get(pk->req.stream), "unavailable");
+			reply_error(c, pk->seq, pk->req.rid, "unavailable",
+			    "Redis did not come back within pub_wait_ms; nothing was stored");
+		}
+		proto_request_free(&pk->req);
+		free(pk);
+	}
+}
+
 static void
 broker_pub(struct conn *c, uint64_t seq, struct proto_request *req)
 {
 	struct stream *s = stream_get(req->stream);
+	struct redis_link *l = B.cmd;
+	redis_cb *cb = pub_done;
 	struct pending *p;
 	int rc;
 
@@ -1002,18 +1163,34 @@ broker_pub(struct conn *c, uint64_t seq, struct proto_request *req)
 	p->stream = s;
 	p->n = req->nmsgs;
 	p->batch = req->batch;
-	if (!redis_link_up(B.cmd)) {
+	if (s->conf.replicas > 0) {
+		l = B.durable;
+		cb = pub_stored;
+	}
+	if ((l == NULL || !redis_link_up(l)) && pub_park(c, seq, req) == 0) {
+		pending_free(p);
+		return;
+	}
+	if (l == NULL || !redis_link_up(l)) {
 		pub_fail(p, "unavailable", "Redis is not reachable; nothing was stored");
 		return;
 	}
-	if (redis_link_inflight(B.cmd) >= (size_t)B.cfg->max_inflight) {
+	if (redis_link_inflight(l) >= (size_t)B.cfg->max_inflight) {
 		pub_fail(p, "overloaded", "too many commands waiting for Redis; nothing was stored");
 		return;
 	}
 	if (!req->batch && req->msgs[0].msgid == NULL)
-		rc = pub_send_xadd(c, s, &req->msgs[0], p);
+		rc = pub_send_xadd(l, cb, c, s, &req->msgs[0], p);
 	else
-		rc = pub_send_script(c, s, req, p);
+		rc = pub_send_script(l, cb, c, s, req, p);
+	if (rc == 0 && cb == pub_stored &&
+	    redis_cmd(l, pub_replicated, p, "WAIT %ld %ld", s->conf.replicas,
+	    s->conf.replicas_timeout_ms) != 0) {
+		/* The pub went out without its WAIT: the link just broke, and
+		 * pub_stored will answer indeterminate. */
+		p->failed = 1;
+		return;
+	}
 	if (rc != 0)
 		pub_fail(p, "unavailable", "could not send to Redis; nothing was stored");
 }
@@ -1715,6 +1892,7 @@ cmd_state(struct redis_link *l, int up, void *arg)
 		return;
 	}
 	redis_cmd(l, broker_script_loaded, NULL, "SCRIPT LOAD %s", broker_lua);
+	pub_unpark(UNPARK_SEND);
 	redis_cmd(l, NULL, NULL, "SET %s %d PX %d", B.live_key, (int)getpid(), BROKER_LIVE_TTL_MS);
 	/* Groups may have vanished with the data: recreate, then resume. */
 	for (struct stream *s = B.streams; s != NULL; s = s->next)
@@ -1760,6 +1938,8 @@ broker_tick(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	(void)arg;
 	metrics.redis_links = (uint64_t)redis_link_count();
+	if (!redis_link_up(B.cmd))
+		pub_unpark(UNPARK_EXPIRED);
 	for (struct stream *s = B.streams; s != NULL; s = s->next)
 		for (struct group *g = s->groups; g != NULL; g = g->next) {
 			for (struct sub *x = g->subs; x != NULL; x = x->group_next)
@@ -1812,8 +1992,22 @@ broker_init(struct event_base *base, const struct config *cfg)
 	/* Declared streams exist from the start (stats, metrics). */
 	for (const struct stream_conf *sc = cfg->streams; sc != NULL; sc = sc->next)
 		stream_get(sc->name);
+	broker_ensure_durable(cfg);
 	redis_link_start(B.cmd);
 	return 0;
+}
+
+/* The durable link exists once any stream wants replicas. */
+static void
+broker_ensure_durable(const struct config *cfg)
+{
+	int need = cfg->defaults.replicas > 0;
+
+	for (const struct stream_conf *sc = cfg->streams; sc != NULL && !need; sc = sc->next)
+		need = sc->replicas > 0;
+	if (need && B.durable == NULL &&
+	    (B.durable = redis_link_new(B.base, "durable", NULL, NULL)) != NULL)
+		redis_link_start(B.durable);
 }
 
 void
@@ -1826,6 +2020,7 @@ broker_reconfigure(const struct config *cfg)
 	}
 	for (const struct stream_conf *sc = cfg->streams; sc != NULL; sc = sc->next)
 		stream_get(sc->name);
+	broker_ensure_durable(cfg);
 }
 
 int
@@ -1838,6 +2033,7 @@ void
 broker_stop_delivering(void)
 {
 	B.stopping = 1;
+	pub_unpark(UNPARK_ALL);
 	for (struct stream *s = B.streams; s != NULL; s = s->next)
 		for (struct group *g = s->groups; g != NULL; g = g->next)
 			group_drop_reader(g);
@@ -1846,7 +2042,8 @@ broker_stop_delivering(void)
 int
 broker_idle(void)
 {
-	return B.cmd == NULL || redis_link_inflight(B.cmd) == 0;
+	return (B.cmd == NULL || redis_link_inflight(B.cmd) == 0) &&
+	    (B.durable == NULL || redis_link_inflight(B.durable) == 0);
 }
 
 void
@@ -1860,8 +2057,10 @@ broker_free(void)
 	for (s = B.streams; s != NULL; s = s->next)
 		for (g = s->groups; g != NULL; g = g->next)
 			group_drop_reader(g);
+	pub_unpark(UNPARK_ALL);
 	redis_link_free(B.cmd);
-	B.cmd = NULL;
+	redis_link_free(B.durable);
+	B.cmd = B.durable = NULL;
 	for (s = B.streams; s != NULL; s = sn) {
 		sn = s->next;
 		for (g = s->groups; g != NULL; g = gn) {

@@ -270,6 +270,8 @@ redis_lost(struct redis_link *l, const char *why)
 		return;
 	if (l->state == REDIS_UP || l->failures == 0)
 		log_warn("redis", 0, "%s: connection lost: %s", l->name, why ? why : "?");
+	else
+		log_debug("redis", 0, "%s: connect failed: %s", l->name, why ? why : "?");
 	l->failures++;
 	redis_set_state(l, REDIS_DOWN);
 	if (ac != NULL) {
@@ -319,6 +321,7 @@ redis_link_start(struct redis_link *l)
 		return;
 	if (l->failures > 0)
 		metrics.redis_reconnects++;
+	log_debug("redis", 0, "%s: connecting (attempt %d)", l->name, l->failures + 1);
 	ac = redisAsyncConnect(redis_settings.host, redis_settings.port);
 	if (ac == NULL || ac->err) {
 		log_warn("redis", 0, "%s: connect: %s", l->name, ac ? ac->errstr : "out of memory");

@@ -211,6 +211,7 @@ START_TEST(t_pipeline_mixed)
         "[1,2,3]\n"
         "\r\n"
         "{\"op\":\"pub\",\"stream\":\"pipe\",\"rid\":4}\n"
+        "{\"op\":\"stats\",\"rid\":\"st\"}\n"
         "{\"op\":\"ping\",\"rid\":5}\r\n";
     h_send_raw(c, lines, strlen(lines));
 
@@ -231,6 +232,10 @@ START_TEST(t_pipeline_mixed)
     json_decref(r);
     r = h_bad(h_read(c, H_REPLY_MS), "data");
     ck_assert_int_eq(h_int(r, "rid"), 4);
+    json_decref(r);
+    r = h_ok(h_read(c, H_REPLY_MS));
+    ck_assert_str_eq(h_str(r, "rid"), "st");
+    ck_assert(json_is_array(json_object_get(r, "streams")));
     json_decref(r);
     r = h_ok(h_read(c, H_REPLY_MS));
     ck_assert_int_eq(h_int(r, "rid"), 5);
@@ -801,6 +806,71 @@ START_TEST(t_pub_msgid_dedup)
     json_decref(r5);
     sb_close(c);
     sb_close(c2);
+}
+END_TEST
+
+START_TEST(t_payload_roundtrip)
+{
+    /* Big and awkward payloads come back exactly as published. */
+    sb_client *s = h_connect(), *p = h_connect();
+    h_sub(s, "rt", "g", "c", 0, NULL);
+    char *big = repeat('x', 500000);
+    json_t *data = json_pack("{s:s,s:s,s:[i,f,b,n]}", "big", big,
+                             "odd", "\xc3\xa9 \xe2\x80\xa8 \xf0\x9f\x98\x80 \"q\" \\ \n\t\x01",
+                             "mix", 1, 2.5, 1);
+    json_t *req = json_pack("{s:s,s:s,s:O}", "op", "pub", "stream", "rt", "data", data);
+    json_t *r = h_ok(h_req_json(p, req));
+    const char *id = h_str(r, "id");
+    json_t *m = h_msg(s, H_WAIT_MS);
+    ck_assert_str_eq(mid(m), id);
+    ck_assert_msg(json_equal(json_object_get(m, "data"), data), "payload changed on the way");
+    json_decref(m);
+    json_decref(r);
+    json_decref(data);
+    free(big);
+    /* Tiny ones too. */
+    const char *tiny[] = { "0", "\"\"", "[]", "{}", "false", "-1.5e-7" };
+    for (size_t i = 0; i < sizeof tiny / sizeof *tiny; i++) {
+        free(h_pub(p, "rt", tiny[i]));
+        m = h_msg(s, H_WAIT_MS);
+        assert_json_eq(json_object_get(m, "data"), tiny[i]);
+        json_decref(m);
+    }
+}
+END_TEST
+
+START_TEST(t_abrupt_clients)
+{
+    /* Clients that vanish mid-request or mid-stream do not hurt the daemon. */
+    sb_client *s = h_connect(), *p = h_connect();
+    h_sub(s, "ab", "g", "keep", 0, NULL);
+    for (int i = 0; i < 5; i++)
+        free(h_pub(p, "ab", "0"));
+    for (int k = 0; k < 5; k++) {
+        sb_client *c = h_connect();
+        char buf[8192];
+        size_t len = 0;
+        for (int i = 0; i < 50; i++)
+            len += snprintf(buf + len, sizeof buf - len,
+                            "{\"op\":\"pub\",\"stream\":\"ab\",\"data\":%d}\n", i);
+        len += snprintf(buf + len, sizeof buf - len, "{\"op\":\"sub\",\"stream\":\"ab\",\"gro");
+        ck_assert_int_eq(write(sb_fd(c), buf, len), (ssize_t)len);
+        sb_close(c);
+    }
+    sb_client *sub = h_connect();
+    h_sub(sub, "ab", "g2", "gone", 5, "all");
+    json_decref(collect(sub, 5, H_WAIT_MS));
+    sb_close(sub);
+    h_sleep_ms(300);
+    ck_assert_msg(h_daemon_running(), "daemon died");
+    sb_client *c = h_connect();
+    json_decref(h_ok(h_req(c, "{'op':'ping'}")));
+    char *id = h_pub(c, "ab", "\"last\"");
+    /* The surviving subscriber still gets entries. */
+    json_t *m = h_msg(s, H_WAIT_MS);
+    ck_assert(h_id_valid(mid(m)));
+    json_decref(m);
+    free(id);
 }
 END_TEST
 
@@ -2296,6 +2366,8 @@ int main(void)
     tcase_add_test(tc, t_pub_batch);
     tcase_add_test(tc, t_pub_msgid_dedup);
     tcase_add_test(tc, t_prefix_config);
+    tcase_add_test(tc, t_payload_roundtrip);
+    tcase_add_test(tc, t_abrupt_clients);
     tcase_add_test(tc, t_type_and_source);
 
     tc = tcase(s, "sub", 20);

@@ -7,6 +7,7 @@
  * Run from the repository root.  SB_TEST_KNOWN_BUGS=1 adds the test case
  * "known_bugs": tests of defects reported but not fixed yet.
  */
+#include <dirent.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdint.h>
@@ -430,18 +431,21 @@ START_TEST(test_render_families)
 }
 END_TEST
 
-/* Open descriptors, counted another way than metrics.c does. */
+/* Open descriptors: the entries of /proc/self/fd except the one of the
+ * directory stream reading it (valgrind's own descriptors show there too,
+ * for metrics.c as for this count). */
 static int
 t_count_fds(void)
 {
-	long max = sysconf(_SC_OPEN_MAX);
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *de;
 	int n = 0;
 
-	if (max < 0 || max > 65536)
-		max = 65536;
-	for (int fd = 0; fd < max; fd++)
-		if (fcntl(fd, F_GETFD) != -1)
+	ck_assert_ptr_nonnull(d);
+	while ((de = readdir(d)) != NULL)
+		if (de->d_name[0] != '.' && atoi(de->d_name) != dirfd(d))
 			n++;
+	closedir(d);
 	return n;
 }
 
