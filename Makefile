@@ -99,7 +99,7 @@ check: deps
 
 CHAOS := tests/chaos/chaos
 $(CHAOS): tests/chaos/chaos.c tests/harness.o $(CORE_OBJS) $(CLIENT_OBJS) $(wildcard include/*.h tests/*.h)
-	$(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ tests/chaos/chaos.c tests/harness.o $(CORE_OBJS) $(CLIENT_OBJS) $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ tests/chaos/chaos.c tests/harness.o $(CORE_OBJS) $(CLIENT_OBJS) $(LDLIBS) $(CHECK_LIBS)
 
 # The fault-injection suite: minutes per scenario.  `make check` runs it
 # in its short form (CHAOS_SECONDS=3).
@@ -121,3 +121,4 @@ src/broker_lua.h: src/broker.lua
 	  { gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); print "\t\"" $$0 "\\n\"" } END { print ";" }' $< > $@
 
 src/broker.o: src/broker_lua.h
+.SECONDARY:

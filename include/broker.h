@@ -30,6 +30,7 @@ struct sub {
 	struct idset  inflight;	/* delivered, not acked/nacked */
 	int           ready;		/* group exists; deliveries may start */
 	int           recovering;	/* re-sending its own pending entries */
+	char          recover_from[48];	/* XPENDING start: "-" or "(ID" */
 	int           paused;		/* counted in paused_consumers */
 	struct sub   *conn_next;
 	struct sub   *group_next, *group_prev;

@@ -25,7 +25,7 @@ struct stream_conf {
 	long    dedup_window_ms;
 	long    replicas;		/* durability: 0 = confirmed by Redis */
 	long    replicas_timeout_ms;
-	unsigned set;			/* bitmask of keys given in the section */
+	unsigned long long set;		/* bitmask of keys given in the section */
 	struct stream_conf *next;
 };
 

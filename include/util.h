@@ -25,10 +25,13 @@ int   idmap_put(struct idmap *m, uint64_t id, void *p);
 void *idmap_get(const struct idmap *m, uint64_t id);
 void  idmap_del(struct idmap *m, uint64_t id);
 
+enum idset_state { IDSET_EMPTY, IDSET_LIVE, IDSET_DELETED };
+
 struct idset_slot {
-	uint64_t ms, seq;	/* seq == UINT64_MAX: empty; ms == UINT64_MAX: deleted */
+	uint64_t ms, seq;
 	uint64_t at_ns;
 	uint32_t attempt;
+	uint8_t  state;		/* enum idset_state */
 };
 struct idset {
 	struct idset_slot *slots;

@@ -61,6 +61,7 @@ struct group {
 	struct redis_link  *reader;
 	int                 reading;
 	uint64_t            read_uid;	/* sub the running read is for */
+	long long           reader_id;	/* CLIENT ID of the reader link */
 	char               *read_consumer;
 	int                 sweeping;
 	struct sub         *subs, *rr;	/* rr: next to serve */
@@ -386,15 +387,35 @@ group_ensure_reader(struct group *g)
 }
 
 static void
+reader_id_done(redisReply *r, void *arg)
+{
+	struct group *g = arg;
+
+	if (r != NULL && r->type == REDIS_REPLY_INTEGER)
+		g->reader_id = r->integer;
+}
+
+static void
 reader_state(struct redis_link *l, int up, void *arg)
 {
 	struct group *g = arg;
 
-	(void)l;
-	if (!up)
+	g->reader_id = 0;
+	if (!up) {
 		g->reading = 0;
-	else
-		group_fetch(g);
+		return;
+	}
+	redis_cmd(l, reader_id_done, g, "CLIENT ID");
+	group_fetch(g);
+}
+
+/* The sub a blocked read waits for is leaving: end the read now, so that
+ * entries arriving meanwhile are not read for a consumer that is gone. */
+static void
+group_unblock(struct group *g, const struct sub *s)
+{
+	if (g->reading && g->read_uid == s->uid && g->reader_id > 0)
+		redis_cmd(B.cmd, NULL, NULL, "CLIENT UNBLOCK %lld", g->reader_id);
 }
 
 /* ---- subscriptions ---- */
@@ -520,14 +541,14 @@ static void release_done(redisReply *r, void *arg);
 
 static void
 broker_release(struct group *g, const char *consumer, const char **ids, size_t n,
-    int64_t due_ms, struct pending *p)
+    int64_t due_ms, const char *retry, struct pending *p)
 {
 	char due[24];
 	const char **argv;
 
 	if (p == NULL && (p = pending_new(NULL, 0, NULL)) == NULL)
 		return;
-	argv = malloc((BROKER_RELEASE_CHUNK + 7) * sizeof(*argv));
+	argv = malloc((BROKER_RELEASE_CHUNK + 8) * sizeof(*argv));
 	if (argv == NULL) {
 		pending_error(p, "overloaded", "out of memory");
 		pending_free(p);
@@ -546,6 +567,7 @@ broker_release(struct group *g, const char *consumer, const char **ids, size_t n
 		argv[argc++] = g->name;
 		argv[argc++] = consumer;
 		argv[argc++] = due;
+		argv[argc++] = retry;
 		for (size_t i = 0; i < k; i++)
 			argv[argc++] = ids[off + i];
 		if (broker_script(release_done, p, 3, argc, argv, NULL) != 0)
@@ -613,13 +635,14 @@ sub_close(struct sub *s, struct pending *p)
 	size_t n = sub_inflight_ids(s, &block, &ids);
 
 	if (n > 0)
-		broker_release(g, s->consumer, ids, n, 0, p);
+		broker_release(g, s->consumer, ids, n, 0, "", p);
 	else if (p != NULL) {
 		pending_ok(p);
 		pending_free(p);
 	}
 	if (s->ready)
 		redis_cmd(B.cmd, NULL, NULL, "HDEL %s %s", g->owners_key, s->consumer);
+	group_unblock(g, s);
 	free(block);
 	free(ids);
 	sub_free(s);
@@ -703,7 +726,7 @@ group_hand_out(struct group *g, uint64_t uid, const char *consumer,
 			    e->element[claimed ? 2 : 1]);
 	}
 	if (norphans > 0)
-		broker_release(g, consumer, orphans, norphans, 0, NULL);
+		broker_release(g, consumer, orphans, norphans, 0, claimed ? "" : "0", NULL);
 	free(orphans);
 }
 
@@ -711,10 +734,14 @@ static void
 read_done(redisReply *r, void *arg)
 {
 	struct group *g = arg;
+	char *consumer = g->read_consumer;
 
 	g->reading = 0;
-	if (r == NULL)
+	g->read_consumer = NULL;
+	if (r == NULL) {
+		free(consumer);
 		return;		/* reader lost: reader_state resumes it */
+	}
 	if (redis_reply_is_error(r)) {
 		log_warn("broker", 0, "%s/%s: read: %s", g->stream->name, g->name, r->str);
 		if (redis_reply_error_is(r, "NOGROUP"))
@@ -723,10 +750,8 @@ read_done(redisReply *r, void *arg)
 	} else if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
 	    r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements >= 2 &&
 	    r->element[0]->element[1]->type == REDIS_REPLY_ARRAY)
-		group_hand_out(g, g->read_uid, g->read_consumer,
-		    r->element[0]->element[1], 0);
-	free(g->read_consumer);
-	g->read_consumer = NULL;
+		group_hand_out(g, g->read_uid, consumer, r->element[0]->element[1], 0);
+	free(consumer);
 	if (g->nsubs == 0) {
 		group_drop_reader(g);
 		return;
@@ -778,17 +803,23 @@ claim_done(redisReply *r, void *arg)
 
 	g->sweeping = 0;
 	broker_check_noscript(r);
-	if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+	if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 4 &&
 	    r->element[0]->type == REDIS_REPLY_ARRAY) {
-		const redisReply *out = r->element[0];
+		const redisReply *out = r->element[0], *last = r->element[3];
+		long long scanned = r->element[2]->integer;
 		g->m.dead_lettered += (uint64_t)r->element[1]->integer;
-		group_hand_out(g, p->sub_uid, p->result ? json_string_value(p->result) : "",
-		    out, 1);
-		/* A full batch, or a full scan: there may be more right now. */
+		group_hand_out(g, p->sub_uid, json_string_value(p->result), out, 1);
+		/* Entries came back: there may be more right now. */
 		more = out->elements > 0 || r->element[1]->integer > 0;
-		if (s != NULL && s->recovering && !more) {
-			s->recovering = 0;
-			group_fetch(g);
+		if (s != NULL && s->recovering && p->n) {
+			/* One pass over its own pending list, never twice:
+			 * on from the last entry looked at, until none is left. */
+			if (scanned == 0 || last->type != REDIS_REPLY_STRING || last->len == 0) {
+				s->recovering = 0;
+				group_fetch(g);
+			} else
+				snprintf(s->recover_from, sizeof(s->recover_from), "(%s", last->str);
+			more = 1;	/* next recovering sub, or the rest */
 		}
 	} else if (r != NULL)
 		log_warn("broker", p->conn_id, "%s/%s: claim: %s", g->stream->name, g->name,
@@ -823,6 +854,7 @@ group_sweep(struct group *g)
 		return;
 	p->group = g;
 	p->sub_uid = s->uid;
+	p->n = (size_t)s->recovering;	/* this sweep is the sub's recovery */
 	p->result = json_string(s->consumer);
 	snprintf(min_idle, sizeof(min_idle), "%ld", s->recovering ? 0 : g->stream->conf.ack_timeout_ms);
 	snprintf(count, sizeof(count), "%ld", sub_credit(s) < BROKER_CLAIM_MAX ?
@@ -833,8 +865,9 @@ group_sweep(struct group *g)
 	{
 		const char *argv[] = { g->stream->key, g->stream->dlq_key, g->delay_key,
 		    "claim", g->name, s->consumer, min_idle, count, maxatt, now,
-		    s->recovering ? s->consumer : "", scan };
-		if (broker_script(claim_done, p, 3, 12, argv, NULL) != 0) {
+		    s->recovering ? s->consumer : "", scan,
+		    s->recovering ? s->recover_from : "-" };
+		if (broker_script(claim_done, p, 3, 13, argv, NULL) != 0) {
 			pending_free(p);
 			return;
 		}
@@ -1261,6 +1294,7 @@ sub_created(redisReply *r, void *arg)
 	pending_free(p);
 	s->ready = 1;
 	s->recovering = 1;	/* its own pending entries first */
+	strcpy(s->recover_from, "-");
 	if (group_ensure_reader(s->group) != 0)
 		log_err("broker", c->id, "cannot create a reader for %s", s->group->name);
 	group_sweep(s->group);
@@ -1496,7 +1530,7 @@ broker_nack(struct conn *c, struct sub *s, struct pending *p, struct proto_reque
 		if (delay < 0)
 			delay = nack_delay_ms(&st->conf, attempt);
 		broker_release(s->group, s->consumer, req->ids, req->nids,
-		    delay > 0 ? util_wall_ms() + delay : 0, p);
+		    delay > 0 ? util_wall_ms() + delay : 0, "", p);
 	}
 	(void)c;
 	sub_kick(s);
@@ -1902,6 +1936,7 @@ cmd_state(struct redis_link *l, int up, void *arg)
 			for (struct sub *x = g->subs; x != NULL; x = x->group_next) {
 				broker_own(g, x->consumer, "0", NULL, NULL);
 				x->recovering = x->ready;
+				strcpy(x->recover_from, "-");
 			}
 			group_sweep(g);
 			group_fetch(g);

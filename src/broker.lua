@@ -2,8 +2,8 @@
 -- SCRIPT LOAD has answered).  Each mode touches only the keys it declares,
 -- all of one stream (one hash slot in a cluster).
 --   pub:     KEYS stream, dedup keys...   ARGV pub window n {msgid nf fields...}...
---   claim:   KEYS stream dlq delayset     ARGV claim group consumer min_idle count max_attempts now owner scan
---   release: KEYS stream dlq delayset     ARGV release group consumer due ids...
+--   claim:   KEYS stream dlq delayset     ARGV claim group consumer min_idle count max_attempts now owner scan start
+--   release: KEYS stream dlq delayset     ARGV release group consumer due retry ids...
 --   dead:    KEYS stream dlq delayset     ARGV dead group reason now ids...
 --   retain:  KEYS stream                  ARGV retain - maxlen
 --   own:     KEYS stream owners           ARGV own group consumer me from liveprefix
@@ -160,14 +160,15 @@ if mode == 'claim' then
   local consumer, count, maxatt, now = ARGV[3], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
   local pend
   if ARGV[8] ~= '' then
-    pend = redis.call('XPENDING', KEYS[1], group, 'IDLE', ARGV[4], '-', '+', ARGV[9], ARGV[8])
+    pend = redis.call('XPENDING', KEYS[1], group, 'IDLE', ARGV[4], ARGV[10], '+', ARGV[9], ARGV[8])
   else
-    pend = redis.call('XPENDING', KEYS[1], group, 'IDLE', ARGV[4], '-', '+', ARGV[9])
+    pend = redis.call('XPENDING', KEYS[1], group, 'IDLE', ARGV[4], ARGV[10], '+', ARGV[9])
   end
-  local out, dead = {}, 0
+  local out, dead, last = {}, 0, ''
   for _, p in ipairs(pend) do
     if #out >= count then break end
     local id, n = p[1], p[4]
+    last = id
     local due = redis.call('ZSCORE', KEYS[3], id)
     if not due or tonumber(due) <= tonumber(now) then
       if n >= maxatt then
@@ -180,17 +181,22 @@ if mode == 'claim' then
       end
     end
   end
-  return {out, dead, #pend}
+  -- last: the last pending entry looked at; a recovery goes on after it
+  return {out, dead, #pend, last}
 end
 
 if mode == 'release' then
   -- Idle far past any deadline: the next claim sweep of any daemon takes
   -- them; a due time keeps them back until then.
+  -- retry: entries read for a consumer that left before they reached it
+  -- were never delivered; RETRYCOUNT undoes that count.
   local args = {KEYS[1], group, ARGV[3], 0}
-  for i = 5, #ARGV do args[#args + 1] = ARGV[i] end
-  args[#args + 1] = 'IDLE'
-  args[#args + 1] = '1000000000'
-  args[#args + 1] = 'JUSTID'
+  for i = 6, #ARGV do args[#args + 1] = ARGV[i] end
+  for _, v in ipairs({'IDLE', '1000000000', 'JUSTID'}) do args[#args + 1] = v end
+  if ARGV[5] ~= '' then
+    args[#args + 1] = 'RETRYCOUNT'
+    args[#args + 1] = ARGV[5]
+  end
   local got = redis.call('XCLAIM', unpack(args))
   if tonumber(ARGV[4]) > 0 then
     for _, id in ipairs(got) do redis.call('ZADD', KEYS[3], ARGV[4], id) end

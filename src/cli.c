@@ -457,6 +457,10 @@ cli_pub_wait(sb_client *c, struct cli_lines *in, int want_in,
         pfd[n++] = (struct pollfd){ .fd = in->fd, .events = POLLIN };
     if (p->outstanding > 0)
         pfd[n++] = (struct pollfd){ .fd = sb_fd(c), .events = POLLIN };
+    if (n == 0) {          /* a bug in the caller; never block forever */
+        cli_err("internal error: nothing to wait for");
+        return -1;
+    }
     fflush(stdout);
     int r = poll(pfd, n, p->outstanding > 0 ? timeout_ms : -1);
     if (r < 0 && errno == EINTR)
@@ -509,10 +513,14 @@ cli_pub_stdin(const struct cli_global *g, const char *stream, const char *type)
                 break;
             }
         }
+        /* Stopped by the window, not by a lack of input lines? */
+        int more_input = p.outstanding >= CLI_PUB_WINDOW;
         if (lost || sb_flush(c) < 0 || cli_pub_drain(c, &p) < 0) {
             lost = 1;
             break;
         }
+        if (more_input && p.outstanding < CLI_PUB_WINDOW)
+            continue;          /* replies freed the window: send, don't wait */
         int input_done = in.eof && in.pos == in.len;
         if (input_done && p.outstanding == 0)
             break;

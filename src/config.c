@@ -4,6 +4,7 @@
  * the same table (tests/check_config cross-checks them).
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <ini.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -58,11 +59,27 @@ static const struct config_key config_keys[] = {
 #undef T
 #define CONFIG_NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
 
+/* libinih (Debian's build) cuts lines at 200 bytes and section names at 50,
+ * and keeps going after an error.  So it reads through config_reader, which
+ * counts lines, tracks sections itself (stream names run to 200 bytes), and
+ * keeps the first error with its line. */
+#define CONFIG_INI_LINE 200	/* libinih's INI_MAX_LINE */
+#define CONFIG_MAX_LINE 4096
+
 struct config_parse {
 	struct config *cfg;
 	char          *err;
 	size_t         errlen;
+	int            line;		/* lines handed to libinih so far */
+	int            err_line;	/* line of the first error; 0 = none */
+	char           section[CONFIG_MAX_STREAM + 16];
+	struct stream_conf *stream;	/* [stream X] being read, else NULL */
+	FILE          *f;		/* source: a file ... */
+	const char    *text;		/* ... or a string */
 };
+
+static void config_fail(struct config_parse *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void
 stream_conf_defaults(struct stream_conf *sc)
@@ -198,16 +215,30 @@ config_error(char *err, size_t errlen, const char *fmt, const char *arg)
 		snprintf(err, errlen, fmt, arg);
 }
 
+/* The URL for messages: credentials replaced by "***". */
+static void
+config_redact_url(const char *text, char *out, size_t outlen)
+{
+	const char *at = strrchr(text, '@');
+
+	if (at == NULL)
+		snprintf(out, outlen, "%s", text);
+	else
+		snprintf(out, outlen, "redis://***%s", at);
+}
+
 /* redis://[[USER]:PASSWORD@]HOST:PORT[/DB] */
 int
 config_parse_redis_url(const char *text, struct redis_url *out, char *err, size_t errlen)
 {
+	char shown[320];
 	struct redis_url u = { 0 };
 	const char *p, *at, *slash;
 	char hostport[300], *end;
 
+	config_redact_url(text, shown, sizeof(shown));
 	if (strncmp(text, "redis://", 8) != 0) {
-		config_error(err, errlen, "redis url must start with redis:// (got \"%s\")", text);
+		config_error(err, errlen, "redis url must start with redis:// (got \"%s\")", shown);
 		return -1;
 	}
 	p = text + 8;
@@ -215,7 +246,7 @@ config_parse_redis_url(const char *text, struct redis_url *out, char *err, size_
 	if (at != NULL) {
 		const char *colon = memchr(p, ':', at - p);
 		if (colon == NULL) {
-			config_error(err, errlen, "redis url: credentials must be [USER]:PASSWORD in \"%s\"", text);
+			config_error(err, errlen, "redis url: credentials must be [USER]:PASSWORD in \"%s\"", shown);
 			return -1;
 		}
 		if (colon > p)
@@ -245,7 +276,7 @@ config_parse_redis_url(const char *text, struct redis_url *out, char *err, size_
 	return 0;
 bad:
 	config_free_redis_url(&u);
-	config_error(err, errlen, "bad redis url \"%s\" (want redis://[[USER]:PASSWORD@]HOST:PORT[/DB])", text);
+	config_error(err, errlen, "bad redis url \"%s\" (want redis://[[USER]:PASSWORD@]HOST:PORT[/DB])", shown);
 	return -1;
 }
 
@@ -344,6 +375,19 @@ config_check_addr(const char *value)
 	return config_split_hostport(value, host, sizeof(host), &port);
 }
 
+/* The command-line setters write their own message; keep it as the
+ * first error. */
+static int
+config_setter(struct config_parse *p, int (*set)(struct config *, const char *, char *, size_t),
+    const char *value)
+{
+	char msg[CONFIG_ERR_LEN];
+
+	if (set(p->cfg, value, msg, sizeof(msg)) != 0)
+		config_fail(p, "%s", msg);
+	return 0;
+}
+
 /* Stream-level keys fill both [defaults] and [stream X]; the X sections
  * start as copies of [defaults] once the file is read (config_finish). */
 static int
@@ -356,9 +400,9 @@ config_apply(struct config_parse *p, const struct config_key *k, void *base,
 	switch (k->type) {
 	case KEY_LONG:
 		if (config_parse_long(value, k->min, k->max, slot) != 0) {
-			snprintf(p->err, p->errlen, "%s: want an integer in %ld..%ld, got \"%s\"",
+			config_fail(p, "%s: want an integer in %ld..%ld, got \"%s\"",
 			    name, k->min, k->max, value);
-			return -1;
+			return 0;
 		}
 		return 0;
 	case KEY_STRING:
@@ -369,83 +413,167 @@ config_apply(struct config_parse *p, const struct config_key *k, void *base,
 		}
 		return config_set_string(slot, value);
 	case KEY_ADDR:
-		if (strcmp(name, "listen") == 0 && base == cfg && slot == &cfg->metrics_listen)
-			return config_set_metrics(cfg, value, p->err, p->errlen);
+		if (slot == (void *)&cfg->metrics_listen)
+			return config_setter(p, config_set_metrics, value);
 		if (config_check_addr(value) != 0) {
-			snprintf(p->err, p->errlen, "%s: want HOST:PORT, got \"%s\"", name, value);
-			return -1;
+			config_fail(p, "%s: want HOST:PORT, got \"%s\"", name, value);
+			return 0;
 		}
 		return config_set_string(slot, value);
 	case KEY_URL:
-		return config_set_redis_url(cfg, value, p->err, p->errlen);
+		return config_setter(p, config_set_redis_url, value);
 	case KEY_LOGLEVEL: {
 		enum log_level lv;
 		if (log_parse_level(value, &lv) != 0) {
-			snprintf(p->err, p->errlen, "%s: want error, warn, info or debug, got \"%s\"",
-			    name, value);
-			return -1;
+			config_fail(p, "%s: want error, warn, info or debug, got \"%s\"", name, value);
+			return 0;
 		}
 		*(int *)slot = lv;
 		return 0;
 	}
 	case KEY_DURABILITY:
 		if (config_parse_durability(value, base) != 0) {
-			snprintf(p->err, p->errlen, "durability: want redis or replicas:N[:TIMEOUT_MS], got \"%s\"",
+			config_fail(p, "durability: want redis or replicas:N[:TIMEOUT_MS], got \"%s\"",
 			    value);
-			return -1;
+			return 0;
 		}
 		return 0;
 	}
 	return -1;
 }
 
+static void
+config_fail(struct config_parse *p, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (p->err_line != 0)
+		return;		/* the first error is the one to fix */
+	p->err_line = p->line;
+	va_start(ap, fmt);
+	vsnprintf(p->err, p->errlen, fmt, ap);
+	va_end(ap);
+}
+
+/* A "[...]" line: which section it opens; [stream X] declares X. */
+static void
+config_section(struct config_parse *p, const char *line)
+{
+	const char *close = strchr(line, ']');
+	size_t len = close ? (size_t)(close - line - 1) : 0;
+
+	p->stream = NULL;
+	p->section[0] = '\0';
+	if (close == NULL || len >= sizeof(p->section)) {
+		config_fail(p, "bad section header");
+		return;
+	}
+	memcpy(p->section, line + 1, len);
+	p->section[len] = '\0';
+	if (strcmp(p->section, "defaults") == 0)
+		p->stream = &p->cfg->defaults;
+	else if (strncmp(p->section, "stream ", 7) == 0) {
+		const char *name = p->section + 7;
+		while (*name == ' ')
+			name++;
+		if (!config_valid_stream_name(name, strlen(name)))
+			config_fail(p, "[%s]: bad stream name (1..200 of A-Za-z0-9_.:-)", p->section);
+		else if ((p->stream = config_stream_section(p->cfg, name)) == NULL)
+			config_fail(p, "out of memory");
+	} else if (strcmp(p->section, "server") != 0 && strcmp(p->section, "metrics") != 0 &&
+	    strcmp(p->section, "redis") != 0)
+		config_fail(p, "unknown section [%s]", p->section);
+}
+
+static int
+config_read_raw(struct config_parse *p, char *buf, size_t size)
+{
+	if (p->f != NULL)
+		return fgets(buf, (int)size, p->f) != NULL ? 0 : -1;
+	if (p->text == NULL || *p->text == '\0')
+		return -1;
+	{
+		const char *nl = strchr(p->text, '\n');
+		size_t n = nl ? (size_t)(nl - p->text) + 1 : strlen(p->text);
+		if (n >= size)
+			n = size - 1;
+		memcpy(buf, p->text, n);
+		buf[n] = '\0';
+		p->text += n;
+	}
+	return 0;
+}
+
+static char *
+config_reader(char *str, int num, void *stream)
+{
+	struct config_parse *p = stream;
+	char line[CONFIG_MAX_LINE + 2];
+	const char *t;
+	size_t len;
+
+	if (config_read_raw(p, line, sizeof(line)) != 0)
+		return NULL;
+	p->line++;
+	len = strlen(line);
+	if (len > CONFIG_MAX_LINE && line[len - 1] != '\n') {
+		config_fail(p, "line longer than %d bytes", CONFIG_MAX_LINE);
+		while (line[strlen(line) - 1] != '\n' && config_read_raw(p, line, sizeof(line)) == 0)
+			;
+		line[0] = '\0';
+	}
+	for (t = line; *t == ' ' || *t == '\t'; t++)
+		;
+	if (*t == '[') {
+		config_section(p, t);
+		snprintf(str, (size_t)num, "[s]\n");	/* the real name is ours */
+	} else if (*t == ';' || *t == '#' || *t == '\r' || *t == '\n' || *t == '\0')
+		snprintf(str, (size_t)num, "\n");
+	else if (strlen(line) >= (size_t)num || strlen(line) >= CONFIG_INI_LINE) {
+		config_fail(p, "line longer than %d bytes", CONFIG_INI_LINE - 1);
+		snprintf(str, (size_t)num, "\n");
+	} else
+		snprintf(str, (size_t)num, "%s", line);
+	return str;
+}
+
 static int
 config_handler(void *user, const char *section, const char *name, const char *value)
 {
 	struct config_parse *p = user;
-	const char *keysec = section;
-	void *base = p->cfg;
-	struct stream_conf *sc = NULL;
+	const char *sec = p->section;
+	int in_stream = p->stream != NULL;
 
-	if (strcmp(section, "defaults") == 0) {
-		keysec = "stream";
-		sc = &p->cfg->defaults;
-	} else if (strncmp(section, "stream ", 7) == 0) {
-		const char *sname = section + 7;
-		while (*sname == ' ')
-			sname++;
-		if (!config_valid_stream_name(sname, strlen(sname))) {
-			snprintf(p->err, p->errlen, "[%s]: bad stream name (1..200 of A-Za-z0-9_.:-)", section);
-			return 0;
-		}
-		keysec = "stream";
-		sc = config_stream_section(p->cfg, sname);
-		if (sc == NULL) {
-			snprintf(p->err, p->errlen, "out of memory");
-			return 0;
-		}
-	} else if (strcmp(section, "redis") == 0 &&
-	    (strcmp(name, "cluster") == 0 || strcmp(name, "sentinels") == 0 ||
-	    strcmp(name, "master_name") == 0)) {
-		snprintf(p->err, p->errlen, "redis.%s: Sentinel and Cluster are not supported by this version", name);
-		return 0;
+	(void)section;	/* libinih's copy is cut at 50 bytes; ours is whole */
+	if (strcmp(sec, "redis") == 0 && (strcmp(name, "cluster") == 0 ||
+	    strcmp(name, "sentinels") == 0 || strcmp(name, "master_name") == 0)) {
+		config_fail(p, "redis.%s: Sentinel and Cluster are not supported by this version",
+		    name);
+		return 1;
 	}
+	if (sec[0] == '\0') {
+		config_fail(p, "\"%s\" outside of a section", name);
+		return 1;
+	}
+	if (!in_stream && strcmp(sec, "server") != 0 && strcmp(sec, "metrics") != 0 &&
+	    strcmp(sec, "redis") != 0)
+		return 1;	/* an unknown section, already reported */
 	for (size_t i = 0; i < CONFIG_NKEYS; i++) {
 		const struct config_key *k = &config_keys[i];
-		if (strcmp(k->section, keysec) != 0 || strcmp(k->name, name) != 0)
+		if (strcmp(k->section, in_stream ? "stream" : sec) != 0 ||
+		    strcmp(k->name, name) != 0)
 			continue;
-		if (sc != NULL) {
-			base = sc;
-			sc->set |= 1u << i;
-		}
-		return config_apply(p, k, base, name, value) == 0;
+		if (in_stream)
+			p->stream->set |= 1ull << i;
+		if (config_apply(p, k, in_stream ? (void *)p->stream : (void *)p->cfg, name,
+		    value) != 0 && p->err_line == 0)
+			config_fail(p, "%s: out of memory", name);
+		return 1;
 	}
-	if (strcmp(keysec, "stream") == 0 || strcmp(section, "server") == 0 ||
-	    strcmp(section, "metrics") == 0 || strcmp(section, "redis") == 0)
-		snprintf(p->err, p->errlen, "unknown key \"%s\" in [%s]", name, section);
-	else
-		snprintf(p->err, p->errlen, "unknown section [%s]", section);
-	return 0;
+	if (strcmp(sec, "server") == 0 || strcmp(sec, "metrics") == 0 ||
+	    strcmp(sec, "redis") == 0 || in_stream)
+		config_fail(p, "unknown key \"%s\" in [%s]", name, sec);
+	return 1;
 }
 
 /* [stream X] sections inherit every key they did not set from [defaults]. */
@@ -455,7 +583,7 @@ config_finish(struct config *cfg)
 	for (struct stream_conf *sc = cfg->streams; sc != NULL; sc = sc->next) {
 		for (size_t i = 0; i < CONFIG_NKEYS; i++) {
 			const struct config_key *k = &config_keys[i];
-			if (strcmp(k->section, "stream") != 0 || (sc->set & (1u << i)))
+			if (strcmp(k->section, "stream") != 0 || (sc->set & (1ull << i)))
 				continue;
 			if (k->type == KEY_DURABILITY) {
 				sc->replicas = cfg->defaults.replicas;
@@ -468,37 +596,45 @@ config_finish(struct config *cfg)
 }
 
 static int
-config_result(struct config *cfg, int rc, const char *name, const char *msg,
+config_parse(struct config *cfg, struct config_parse *p, const char *name,
     char *err, size_t errlen)
 {
-	if (rc == 0) {
-		config_finish(cfg);
-		return 0;
-	}
-	if (rc < 0)
+	int rc = ini_parse_stream(config_reader, p, config_handler, p);
+
+	if (rc < 0) {
 		snprintf(err, errlen, "%s: cannot read: %s", name, strerror(errno));
-	else
-		snprintf(err, errlen, "%s:%d: %s", name, rc, *msg ? msg : "syntax error");
-	return -1;
+		return -1;
+	}
+	/* libinih's own complaints (a line without '=') before ours */
+	if (rc > 0 && (p->err_line == 0 || rc < p->err_line)) {
+		snprintf(err, errlen, "%s:%d: syntax error (want KEY = VALUE or [SECTION])",
+		    name, rc);
+		return -1;
+	}
+	if (p->err_line != 0) {
+		snprintf(err, errlen, "%s:%d: %s", name, p->err_line, p->err);
+		return -1;
+	}
+	config_finish(cfg);
+	return 0;
 }
 
 int
 config_load_file(struct config *cfg, const char *path, char *err, size_t errlen)
 {
 	char msg[CONFIG_ERR_LEN] = "";
-	struct config_parse p = { cfg, msg, sizeof(msg) };
-	FILE *f = fopen(path, "r");
+	struct config_parse p = { .cfg = cfg, .err = msg, .errlen = sizeof(msg) };
 	int rc;
 
-	if (f == NULL) {
+	if ((p.f = fopen(path, "r")) == NULL) {
 		snprintf(err, errlen, "%s: %s", path, strerror(errno));
 		return -1;
 	}
-	rc = ini_parse_file(f, config_handler, &p);
-	fclose(f);
-	if (config_set_string(&cfg->path, path) != 0)
+	rc = config_parse(cfg, &p, path, err, errlen);
+	fclose(p.f);
+	if (rc == 0 && config_set_string(&cfg->path, path) != 0)
 		rc = -1;
-	return config_result(cfg, rc, path, msg, err, errlen);
+	return rc;
 }
 
 int
@@ -506,10 +642,9 @@ config_load_string(struct config *cfg, const char *text, const char *name,
     char *err, size_t errlen)
 {
 	char msg[CONFIG_ERR_LEN] = "";
-	struct config_parse p = { cfg, msg, sizeof(msg) };
+	struct config_parse p = { .cfg = cfg, .err = msg, .errlen = sizeof(msg), .text = text };
 
-	return config_result(cfg, ini_parse_string(text, config_handler, &p), name,
-	    msg, err, errlen);
+	return config_parse(cfg, &p, name, err, errlen);
 }
 
 int

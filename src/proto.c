@@ -337,6 +337,8 @@ proto_parse_request(const char *line, size_t len, const struct proto_limits *lim
 	if (!json_is_string(op))
 		return proto_fail(err, "bad_request", "op: must be a string");
 	name = json_string_value(op);
+	if (strlen(name) != json_string_length(op))
+		return proto_fail(err, "unknown_op", "unknown op (contains a NUL character)");
 	for (req->op = 0; req->op < OP__COUNT; req->op++)
 		if (strcmp(name, proto_op_names[req->op]) == 0)
 			return proto_parse_op(req, lim, err);

@@ -99,9 +99,6 @@ idmap_del(struct idmap *m, uint64_t id)
 	}
 }
 
-#define IDSET_EMPTY   UINT64_MAX
-#define IDSET_DELETED UINT64_MAX
-
 void
 idset_init(struct idset *s)
 {
@@ -118,7 +115,7 @@ idset_free(struct idset *s)
 static int
 idset_live(const struct idset_slot *sl)
 {
-	return sl->seq != IDSET_EMPTY && sl->ms != IDSET_DELETED;
+	return sl->state == IDSET_LIVE;
 }
 
 static size_t
@@ -138,11 +135,9 @@ idset_grow(struct idset *s)
 	/* Mostly deleted slots: rehash at the same size. */
 	if (s->count * 4 < s->cap)
 		ncap = s->cap;
-	ns = malloc(ncap * sizeof(*ns));
+	ns = calloc(ncap, sizeof(*ns));	/* all IDSET_EMPTY */
 	if (ns == NULL)
 		return -1;
-	for (size_t i = 0; i < ncap; i++)
-		ns[i].seq = IDSET_EMPTY, ns[i].ms = 0;
 	s->slots = ns;
 	s->cap = ncap;
 	s->count = s->used = 0;
@@ -160,15 +155,15 @@ idset_add(struct idset *s, uint64_t ms, uint64_t seq, uint64_t at_ns, uint32_t a
 
 	if ((s->used + 1) * 4 > s->cap * 3 && idset_grow(s) != 0)
 		return -1;
-	for (i = idset_hash(ms, seq, s->cap); s->slots[i].seq != IDSET_EMPTY;
+	for (i = idset_hash(ms, seq, s->cap); s->slots[i].state != IDSET_EMPTY;
 	    i = (i + 1) & (s->cap - 1)) {
-		if (s->slots[i].ms == ms && s->slots[i].seq == seq) {
+		if (idset_live(&s->slots[i]) && s->slots[i].ms == ms && s->slots[i].seq == seq) {
 			s->slots[i].at_ns = at_ns;
 			s->slots[i].attempt = attempt;
 			return 0;
 		}
 	}
-	s->slots[i] = (struct idset_slot){ ms, seq, at_ns, attempt };
+	s->slots[i] = (struct idset_slot){ ms, seq, at_ns, attempt, IDSET_LIVE };
 	s->count++;
 	s->used++;
 	return 0;
@@ -179,9 +174,9 @@ idset_find(const struct idset *s, uint64_t ms, uint64_t seq)
 {
 	if (s->cap == 0)
 		return NULL;
-	for (size_t i = idset_hash(ms, seq, s->cap); s->slots[i].seq != IDSET_EMPTY;
+	for (size_t i = idset_hash(ms, seq, s->cap); s->slots[i].state != IDSET_EMPTY;
 	    i = (i + 1) & (s->cap - 1))
-		if (s->slots[i].ms == ms && s->slots[i].seq == seq)
+		if (idset_live(&s->slots[i]) && s->slots[i].ms == ms && s->slots[i].seq == seq)
 			return &s->slots[i];
 	return NULL;
 }
@@ -195,8 +190,7 @@ idset_take(struct idset *s, uint64_t ms, uint64_t seq, uint64_t *at_ns, uint32_t
 		return -1;
 	*at_ns = sl->at_ns;
 	*attempt = sl->attempt;
-	sl->ms = IDSET_DELETED;	/* tombstone: keeps probe chains intact */
-	sl->seq = 0;
+	sl->state = IDSET_DELETED;	/* tombstone: keeps probe chains intact */
 	s->count--;
 	return 0;
 }

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -316,6 +317,12 @@ void h_global_init(void)
     /* Servers of a failed test (killed by PDEATHSIG or Check's killpg) are
      * reparented here and reaped by h_reap_orphans(), not left as zombies. */
     prctl(PR_SET_CHILD_SUBREAPER, 1);
+    /* The scale test holds 500+ sockets here and in the daemon. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 4096 && rl.rlim_max > rl.rlim_cur) {
+        rl.rlim_cur = rl.rlim_max < 4096 ? rl.rlim_max : 4096;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
     atexit(global_cleanup);
     atexit(procs_cleanup);
     signal(SIGPIPE, SIG_IGN);

@@ -1,0 +1,1699 @@
+/*
+ * chaos.c: fault injection against the real streambusd and redis-server
+ * ("make chaos", "make chaos-short").
+ *
+ * Five scenarios, each a Check test case run in its own forked child with
+ * its own redis-server (AOF, appendfsync always, so that a Redis killed
+ * with -9 and restarted keeps every write it answered) and its own
+ * streambusd(s), on free loopback ports (tests/harness.c):
+ *
+ *   consumer_kill  consumers that hold unacknowledged deliveries stop
+ *                  acking and are closed abruptly (half of them with a TCP
+ *                  reset), then replaced (same name or a new one), while
+ *                  publishers run;
+ *   daemon_kill9   streambusd is killed with SIGKILL and restarted on the
+ *                  same port; consumers come back under the same names;
+ *   redis_restart  redis-server is killed with SIGKILL and restarted on the
+ *                  same port and AOF directory; clients keep their
+ *                  connections;
+ *   two_daemons    two daemons share the Redis, each group's consumers
+ *                  spread over both; one is killed with SIGKILL and its
+ *                  clients move to the survivor under new names;
+ *   sigterm        streambusd is stopped with SIGTERM mid-traffic: it must
+ *                  exit 0 and send {"op":"bye","reason":"shutdown"} to every
+ *                  client, then it is restarted.
+ *
+ * All clients live in one single-threaded poll() loop over raw sockets.
+ * Every event is numbered: data {"n":N}, msgid "m<N>".  Publishers keep a
+ * bounded window of unanswered pubs and retry, with the same msgid after a
+ * short backoff, every pub answered unavailable, indeterminate, overloaded
+ * or not at all (connection lost).  Consumers (two groups) ack every
+ * delivery after a small per-consumer delay.
+ *
+ * After the traffic, the retries settle, then the drain waits until no
+ * delivery came for DRAIN_QUIET_MS (longer when something is still
+ * unaccounted for, always bounded).  Then, per group:
+ *   lost       = n answered ok, not dead-lettered for the group, and either
+ *                never delivered to a consumer of the group, or delivered
+ *                but neither acknowledged (ack reply acked=1) nor cleared
+ *                from the group's pending list in Redis;
+ *   duplicates = deliveries of an n beyond the first (allowed: at least
+ *                once).
+ * The dead-letter stream sb:<stream>:dlq is read with hiredis; "stored but
+ * never confirmed" comes from the msgid dedup keys.  A table is printed and
+ * the run exits non-zero when anything was lost or a scenario check failed.
+ *
+ * Options: --seconds N (traffic per scenario, default 3), --rate R (pubs/s,
+ * default 2000), --scenario NAME (only that one), --seed S.
+ * SB_TEST_KEEP=1 keeps the temporary directories; the logs of a scenario
+ * that lost events are copied to /tmp/streambus-chaos-<scenario>-<pid>/.
+ */
+#include "harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NGROUPS            2
+#define MAX_CONNS          24
+#define PUB_WINDOW         128     /* unanswered pubs per publisher */
+#define PREFETCH           32
+#define ACK_DELAY_MAX_MS   30      /* consumers ack after 0..this */
+#define CONNECT_MS         300     /* one connect attempt */
+#define RECONNECT_MS       100     /* backoff after a failed connect/close */
+#define REPLY_STALL_MS     10000   /* a reply later than this: close, note */
+#define STARTUP_MS         5000    /* consumers subscribed before traffic */
+#define SETTLE_MS          30000   /* retries of unanswered pubs */
+#define DRAIN_QUIET_MS     2500    /* quiet enough when all is accounted */
+#define DRAIN_QUIET_MAX_MS 9000    /* quiet enough in any case */
+#define DRAIN_MAX_MS       30000
+#define SUB_IN_USE_MAX_MS  15000   /* then the consumer takes a new name */
+#define EXIT_WAIT_MS       10000   /* SIGTERM to exit */
+#define RBUF_MAX           (1u << 20)
+#define NOTES_MAX          8192
+
+#define ACK_TIMEOUT_MS     2000
+#define DAEMON_DEFAULTS \
+    "ack_timeout_ms = 2000\n" \
+    "max_attempts = 20\n" \
+    "retry_delay_ms = 200\n" \
+    "maxlen = 0\n" \
+    "dedup_window_ms = 600000\n"
+
+static int  opt_seconds = 3;
+static int  opt_rate = 2000;
+static unsigned long long opt_seed;
+static char results_path[256];
+
+/* ---------------------------------------------------------------- misc */
+
+static long long mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static unsigned long long rng_state;
+
+static unsigned rnd(unsigned n)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return n ? (unsigned)(rng_state % n) : 0;
+}
+
+/* "ms-seq" -> packed; 0 on a bad id. */
+static int id_parse(const char *s, uint64_t *ms, uint32_t *seq)
+{
+    unsigned long long a, b;
+    if (!s || sscanf(s, "%llu-%llu", &a, &b) != 2)
+        return 0;
+    *ms = a;
+    *seq = (uint32_t)b;
+    return 1;
+}
+
+/* ---------------------------------------------------------------- state */
+
+enum { S_CONSUMER_KILL, S_DAEMON_KILL9, S_REDIS_RESTART, S_TWO_DAEMONS, S_SIGTERM, S_COUNT };
+static const char *scen_names[S_COUNT] = {
+    "consumer_kill", "daemon_kill9", "redis_restart", "two_daemons", "sigterm"
+};
+
+enum { R_PUB, R_CONS };
+enum { P_HELLO, P_SUB, P_PUB, P_ACK };
+enum { ST_NONE, ST_INFLIGHT, ST_OK, ST_RETRY };
+enum { PH_STARTUP, PH_TRAFFIC, PH_SETTLE, PH_DRAIN, PH_DONE };
+
+struct pend {
+    int       kind;
+    long long rid;
+    long      n;
+    long long t;
+};
+
+struct held {
+    long      n;
+    long long sub;
+    long long due;
+    char      id[48];
+};
+
+struct conn {
+    int   role, idx, group;
+    int   home, target;          /* daemon index: 0 main, 1 extra */
+    int   fd;
+    int   gen;                   /* consumer name generation */
+    char  hname[48];
+    char  cname[96];
+    char *rb;  size_t rlen, rcap;
+    char *wb;  size_t wlen, wcap;
+    struct pend *q; size_t qhead, qlen, qcap;
+    long long rid;
+    int   npub;                  /* pubs in q */
+    int   hello_ok, got_bye, expect_bye;
+    int   sub_state;             /* 0 none, 1 sent, 2 ok */
+    long long sub, sub_retry_at, in_use_since;
+    long long next_connect;
+    int   stalled;
+    long long kill_at;
+    struct held *held; size_t nheld, heldcap;
+    int   ack_delay;
+    int   opened;                /* ever connected */
+};
+
+static struct {
+    int  sid;
+    const char *name;
+    char stream[64];
+    char key[96], dlqkey[128];
+    long cap, issued;
+    /* per n */
+    uint8_t  *st;
+    uint16_t *tries;
+    uint64_t *okid_ms;  uint32_t *okid_seq;
+    uint64_t *did_ms;   uint32_t *did_seq;
+    long long *retry_at;
+    uint16_t *deliv[NGROUPS];
+    uint8_t  *acked[NGROUPS], *pending[NGROUPS], *dlq[NGROUPS];
+    long     *rq; size_t rq_head, rq_len;   /* retry ring, cap entries */
+    long      outstanding;                  /* n in ST_INFLIGHT/ST_RETRY */
+    struct conn c[MAX_CONNS];
+    int  nconns;
+    int  phase;
+    long long t_traffic, t_settle, t_drain, last_deliv;
+    int  expect_peer_close;
+    int  failed;
+    /* counters */
+    long pub_sent, pub_ok, pub_dup, retries, err_unavail, err_indet, err_overload,
+         err_other, noreply, rid_mismatch, stray_reply, foreign, ack_sent,
+         ack_zero, ack_err, sub_err, in_use, peer_closes, unexpected_closes,
+         our_kills, unacked_at_kill, connect_fail, stall_closes, id_changed,
+         okid_mismatch, bye_ok, bye_missing, bye_other, faults, deliveries[NGROUPS];
+    long long max_in_use_ms;
+    char notes[NOTES_MAX];
+    size_t notes_len;
+} C;
+
+static struct {
+    int planned, done, state;
+    long long next_at, t, t2;
+} F;
+
+static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void note(const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(stdout, "chaos[%s] %.3fs: %s\n", C.name,
+            C.t_traffic ? (mono() - C.t_traffic) / 1000.0 : 0.0, line);
+    fflush(stdout);
+    if (C.notes_len + strlen(line) + 3 < NOTES_MAX) {
+        C.notes_len += (size_t)snprintf(C.notes + C.notes_len, NOTES_MAX - C.notes_len,
+                                        "%s%s", C.notes_len ? "; " : "", line);
+    }
+}
+
+/* Notes that may repeat a lot: the first few only. */
+#define NOTE_LIMITED(counter, ...) do { if ((counter) <= 5) note(__VA_ARGS__); } while (0)
+
+/* ------------------------------------------------------------- Redis */
+
+static int redis_pong(int port, int timeout_ms)
+{
+    struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    int ok = 0;
+    if (c && !c->err) {
+        redisSetTimeout(c, tv);
+        redisReply *r = redisCommand(c, "PING");
+        ok = r && r->type == REDIS_REPLY_STATUS && strcmp(r->str, "PONG") == 0;
+        if (r)
+            freeReplyObject(r);
+    }
+    if (c)
+        redisFree(c);
+    return ok;
+}
+
+/* redis-server with AOF (appendfsync always) in H.dir on H.redis_port:
+ * a restart on the same port and directory keeps every answered write. */
+static int chaos_redis_start(void)
+{
+    char port[16], log[700];
+    snprintf(port, sizeof port, "%d", H.redis_port);
+    snprintf(log, sizeof log, "%s/redis.log", H.dir);
+    char *argv[] = { "redis-server", "--port", port, "--bind", "127.0.0.1",
+                     "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+                     "--dir", H.dir, "--daemonize", "no", NULL };
+    h_spawn(argv, log, &H.redis);
+    long long end = mono() + 10000;
+    while (mono() < end) {
+        if (!h_alive(&H.redis))
+            return -1;
+        if (redis_pong(H.redis_port, 200))
+            return 0;
+        h_sleep_ms(10);
+    }
+    h_stop(&H.redis, SIGKILL, 1000);
+    return -1;
+}
+
+static redisContext *redis_open(void)
+{
+    struct timeval tv = { 2, 0 };
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", H.redis_port, tv);
+    if (!c || c->err) {
+        if (c)
+            redisFree(c);
+        return NULL;
+    }
+    struct timeval ctv = { 10, 0 };
+    redisSetTimeout(c, ctv);
+    return c;
+}
+
+/* Entries pending in group g (XPENDING summary), -1 on error. */
+static long long redis_pending_count(int g)
+{
+    redisContext *c = redis_open();
+    if (!c)
+        return -1;
+    long long n = -1;
+    redisReply *r = redisCommand(c, "XPENDING %s g%d", C.key, g + 1);
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+        r->element[0]->type == REDIS_REPLY_INTEGER)
+        n = r->element[0]->integer;
+    if (r)
+        freeReplyObject(r);
+    redisFree(c);
+    return n;
+}
+
+/* --------------------------------------------------------- pub states */
+
+static void set_state(long n, int st)
+{
+    int was = C.st[n] == ST_INFLIGHT || C.st[n] == ST_RETRY;
+    int is = st == ST_INFLIGHT || st == ST_RETRY;
+    C.outstanding += is - was;
+    C.st[n] = (uint8_t)st;
+}
+
+static void pub_retry_later(long n)
+{
+    if (C.st[n] == ST_OK)
+        return;
+    set_state(n, ST_RETRY);
+    int t = C.tries[n] < 4 ? 100 << C.tries[n] : 1000;
+    if (t > 1000)
+        t = 1000;
+    C.retry_at[n] = mono() + t / 2 + rnd((unsigned)t / 2 + 1);
+    C.rq[(C.rq_head + C.rq_len) % (size_t)C.cap] = n;
+    C.rq_len++;
+}
+
+/* ------------------------------------------------------ connections */
+
+static void consumer_name(struct conn *c)
+{
+    if (c->gen)
+        snprintf(c->cname, sizeof c->cname, "%s-g%d-c%d-r%d", C.name, c->group + 1, c->idx, c->gen);
+    else
+        snprintf(c->cname, sizeof c->cname, "%s-g%d-c%d", C.name, c->group + 1, c->idx);
+}
+
+static struct conn *conn_add(int role, int idx, int group, int home)
+{
+    ck_assert(C.nconns < MAX_CONNS);
+    struct conn *c = &C.c[C.nconns++];
+    memset(c, 0, sizeof *c);
+    c->fd = -1;
+    c->role = role;
+    c->idx = idx;
+    c->group = group;
+    c->home = c->target = home;
+    c->ack_delay = (int)rnd(ACK_DELAY_MAX_MS + 1);
+    if (role == R_PUB)
+        snprintf(c->hname, sizeof c->hname, "chaos-pub%d", idx);
+    else
+        snprintf(c->hname, sizeof c->hname, "chaos-g%d-c%d", group + 1, idx);
+    consumer_name(c);
+    return c;
+}
+
+static void wappend(struct conn *c, const char *s, size_t len)
+{
+    if (c->wlen + len > c->wcap) {
+        size_t nc = c->wcap ? c->wcap : 4096;
+        while (nc < c->wlen + len)
+            nc *= 2;
+        c->wb = realloc(c->wb, nc);
+        ck_assert(c->wb != NULL);
+        c->wcap = nc;
+    }
+    memcpy(c->wb + c->wlen, s, len);
+    c->wlen += len;
+}
+
+static void push_pend(struct conn *c, int kind, long n, long long rid)
+{
+    if (c->qlen == c->qcap) {
+        size_t nc = c->qcap ? c->qcap * 2 : 64;
+        struct pend *nq = malloc(nc * sizeof *nq);
+        ck_assert(nq != NULL);
+        for (size_t i = 0; i < c->qlen; i++)
+            nq[i] = c->q[(c->qhead + i) % c->qcap];
+        free(c->q);
+        c->q = nq;
+        c->qcap = nc;
+        c->qhead = 0;
+    }
+    struct pend *p = &c->q[(c->qhead + c->qlen) % c->qcap];
+    p->kind = kind;
+    p->rid = rid;
+    p->n = n;
+    p->t = mono();
+    c->qlen++;
+    if (kind == P_PUB)
+        c->npub++;
+}
+
+/* Queue one request: fmt is the JSON object without its closing brace;
+ * the rid is appended. */
+static void req(struct conn *c, int kind, long n, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void req(struct conn *c, int kind, long n, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    ck_assert(len > 0 && len < (int)sizeof line - 40);
+    long long rid = ++c->rid;
+    len += snprintf(line + len, sizeof line - len, ",\"rid\":%lld}\n", rid);
+    wappend(c, line, (size_t)len);
+    push_pend(c, kind, n, rid);
+}
+
+static void conn_close(struct conn *c, int by_us, const char *why)
+{
+    long long now = mono();
+    if (c->fd < 0)
+        return;
+    if (c->expect_bye) {
+        if (c->got_bye) {
+            C.bye_ok++;
+        } else {
+            C.bye_missing++;
+            note("%s: connection closed (%s) without {\"op\":\"bye\",\"reason\":\"shutdown\"}",
+                 c->hname, why);
+        }
+        c->expect_bye = 0;
+    }
+    if (!by_us) {
+        C.peer_closes++;
+        if (!C.expect_peer_close) {
+            C.unexpected_closes++;
+            NOTE_LIMITED(C.unexpected_closes, "%s (%s) closed by the daemon without a fault (%s%s)",
+                         c->hname, c->role == R_CONS ? c->cname : "publisher", why,
+                         c->got_bye ? ", after a bye" : "");
+        }
+    }
+    for (size_t i = 0; i < c->qlen; i++) {
+        struct pend *p = &c->q[(c->qhead + i) % c->qcap];
+        if (p->kind == P_PUB && C.st[p->n] == ST_INFLIGHT) {
+            C.noreply++;
+            pub_retry_later(p->n);
+        }
+    }
+    if (c->stalled)
+        C.unacked_at_kill += (long)c->nheld;
+    close(c->fd);
+    c->fd = -1;
+    c->rlen = c->wlen = 0;
+    c->qhead = c->qlen = 0;
+    c->npub = 0;
+    c->nheld = 0;
+    c->hello_ok = c->got_bye = 0;
+    c->sub_state = 0;
+    c->sub = 0;
+    c->stalled = 0;
+    c->next_connect = now + RECONNECT_MS / 2 + rnd(RECONNECT_MS);
+}
+
+/* Abrupt close: half the time with a TCP reset (SO_LINGER 0). */
+static void conn_kill(struct conn *c)
+{
+    if (c->fd < 0)
+        return;
+    if (rnd(2)) {
+        struct linger lg = { 1, 0 };
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    C.our_kills++;
+    conn_close(c, 1, "killed by the test");
+}
+
+static int daemon_port(int target)
+{
+    return target == 1 ? H.extra_port[0] : H.port;
+}
+
+static int tcp_open(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        if (errno != EINPROGRESS) {
+            close(fd);
+            return -1;
+        }
+        struct pollfd pfd = { fd, POLLOUT, 0 };
+        int err = 0;
+        socklen_t el = sizeof err;
+        if (poll(&pfd, 1, CONNECT_MS) != 1 ||
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0 || err) {
+            close(fd);
+            return -1;
+        }
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+static void conn_open(struct conn *c)
+{
+    long long now = mono();
+    int port = daemon_port(c->target);
+    int fd = port > 0 ? tcp_open(port) : -1;
+    if (fd < 0) {
+        C.connect_fail++;
+        c->next_connect = now + RECONNECT_MS / 2 + rnd(RECONNECT_MS);
+        return;
+    }
+    c->fd = fd;
+    c->opened = 1;
+    c->rlen = c->wlen = 0;
+    c->qhead = c->qlen = 0;
+    c->npub = 0;
+    c->hello_ok = c->got_bye = c->expect_bye = 0;
+    c->sub_state = 0;
+    c->sub_retry_at = now;
+    consumer_name(c);
+    req(c, P_HELLO, -1, "{\"op\":\"hello\",\"name\":\"%s\"", c->hname);
+}
+
+/* ------------------------------------------------------ line handling */
+
+static void on_pub_reply(struct conn *c, long n, json_t *j)
+{
+    (void)c;
+    if (json_is_true(json_object_get(j, "ok"))) {
+        uint64_t ms = 0;
+        uint32_t seq = 0;
+        if (!id_parse(json_string_value(json_object_get(j, "id")), &ms, &seq)) {
+            C.err_other++;
+            NOTE_LIMITED(C.err_other, "pub m%ld: ok without a valid id", n);
+            pub_retry_later(n);
+            return;
+        }
+        if (json_is_true(json_object_get(j, "dup")))
+            C.pub_dup++;
+        if (C.st[n] == ST_OK)
+            return;             /* cannot happen: one pub per n in flight */
+        if (C.okid_ms[n] && (C.okid_ms[n] != ms || C.okid_seq[n] != seq)) {
+            C.okid_mismatch++;
+            NOTE_LIMITED(C.okid_mismatch, "pub m%ld: two ok replies with different ids", n);
+        }
+        C.okid_ms[n] = ms;
+        C.okid_seq[n] = seq;
+        set_state(n, ST_OK);
+        C.pub_ok++;
+        return;
+    }
+    const char *e = json_string_value(json_object_get(j, "error"));
+    if (e && strcmp(e, "unavailable") == 0)
+        C.err_unavail++;
+    else if (e && strcmp(e, "indeterminate") == 0)
+        C.err_indet++;
+    else if (e && strcmp(e, "overloaded") == 0)
+        C.err_overload++;
+    else {
+        C.err_other++;
+        NOTE_LIMITED(C.err_other, "pub m%ld: unexpected error %s (%s)", n, e ? e : "?",
+                     json_string_value(json_object_get(j, "message")) ?: "");
+    }
+    pub_retry_later(n);
+}
+
+static void on_sub_reply(struct conn *c, json_t *j)
+{
+    long long now = mono();
+    if (json_is_true(json_object_get(j, "ok"))) {
+        c->sub_state = 2;
+        c->sub = json_integer_value(json_object_get(j, "sub"));
+        if (c->in_use_since) {
+            long long w = now - c->in_use_since;
+            if (w > C.max_in_use_ms)
+                C.max_in_use_ms = w;
+            c->in_use_since = 0;
+        }
+        return;
+    }
+    const char *e = json_string_value(json_object_get(j, "error"));
+    c->sub_state = 0;
+    c->sub_retry_at = now + 250;
+    if (e && strcmp(e, "consumer_in_use") == 0) {
+        C.in_use++;
+        if (!c->in_use_since)
+            c->in_use_since = now;
+        if (now - c->in_use_since > SUB_IN_USE_MAX_MS) {
+            note("consumer %s still in use after %d ms: taking a new name",
+                 c->cname, SUB_IN_USE_MAX_MS);
+            c->gen++;
+            consumer_name(c);
+            c->in_use_since = 0;
+        }
+    } else {
+        C.sub_err++;
+        NOTE_LIMITED(C.sub_err, "sub %s: error %s (%s)", c->cname, e ? e : "?",
+                     json_string_value(json_object_get(j, "message")) ?: "");
+    }
+}
+
+static void on_msg(struct conn *c, json_t *j)
+{
+    long long now = mono();
+    int g = c->group;
+    const char *id = json_string_value(json_object_get(j, "id"));
+    json_t *nj = json_object_get(json_object_get(j, "data"), "n");
+    long n = json_is_integer(nj) ? (long)json_integer_value(nj) : -1;
+    C.deliveries[g]++;
+    C.last_deliv = now;
+    if (c->role != R_CONS || n < 0 || n >= C.issued || !id) {
+        C.foreign++;
+        NOTE_LIMITED(C.foreign, "%s: unexpected delivery (n %ld, id %s)", c->hname, n, id ? id : "-");
+        return;
+    }
+    if (C.deliv[g][n] < UINT16_MAX)
+        C.deliv[g][n]++;
+    uint64_t ms;
+    uint32_t seq;
+    if (id_parse(id, &ms, &seq)) {
+        if (!C.did_ms[n]) {
+            C.did_ms[n] = ms;
+            C.did_seq[n] = seq;
+        } else if (C.did_ms[n] != ms || C.did_seq[n] != seq) {
+            C.id_changed++;
+            NOTE_LIMITED(C.id_changed, "n=%ld delivered under two ids %llu-%u and %s: stored twice",
+                         n, (unsigned long long)C.did_ms[n], C.did_seq[n], id);
+        }
+    }
+    if (c->nheld == c->heldcap) {
+        c->heldcap = c->heldcap ? c->heldcap * 2 : 64;
+        c->held = realloc(c->held, c->heldcap * sizeof *c->held);
+        ck_assert(c->held != NULL);
+    }
+    struct held *h = &c->held[c->nheld++];
+    h->n = n;
+    h->sub = json_integer_value(json_object_get(j, "sub"));
+    h->due = c->stalled ? LLONG_MAX : now + c->ack_delay;
+    snprintf(h->id, sizeof h->id, "%s", id);
+}
+
+static void on_line(struct conn *c, const char *line, size_t len)
+{
+    if (len == 0)
+        return;
+    json_error_t jerr;
+    json_t *j = json_loadb(line, len, 0, &jerr);
+    if (!j || !json_is_object(j)) {
+        note("%s: line that is not a JSON object: %.200s", c->hname, line);
+        json_decref(j);
+        return;
+    }
+    if (json_object_get(j, "ok")) {
+        if (c->qlen == 0) {
+            C.stray_reply++;
+            NOTE_LIMITED(C.stray_reply, "%s: reply without a request: %.200s", c->hname, line);
+            json_decref(j);
+            return;
+        }
+        struct pend p = c->q[c->qhead];
+        c->qhead = (c->qhead + 1) % c->qcap;
+        c->qlen--;
+        json_t *rid = json_object_get(j, "rid");
+        if (!json_is_integer(rid) || json_integer_value(rid) != p.rid) {
+            C.rid_mismatch++;
+            NOTE_LIMITED(C.rid_mismatch, "%s: reply out of order (want rid %lld): %.200s",
+                         c->hname, p.rid, line);
+        }
+        switch (p.kind) {
+        case P_HELLO:
+            if (json_is_true(json_object_get(j, "ok")))
+                c->hello_ok = 1;
+            else
+                note("%s: hello refused: %.200s", c->hname, line);
+            break;
+        case P_SUB:
+            on_sub_reply(c, j);
+            break;
+        case P_PUB:
+            c->npub--;
+            on_pub_reply(c, p.n, j);
+            break;
+        case P_ACK:
+            if (json_is_true(json_object_get(j, "ok"))) {
+                if (json_integer_value(json_object_get(j, "acked")) >= 1)
+                    C.acked[c->group][p.n] = 1;
+                else
+                    C.ack_zero++;
+            } else {
+                C.ack_err++;
+                NOTE_LIMITED(C.ack_err, "%s: ack of n=%ld refused: %.200s", c->hname, p.n, line);
+            }
+            break;
+        }
+        json_decref(j);
+        return;
+    }
+    const char *op = json_string_value(json_object_get(j, "op"));
+    if (op && strcmp(op, "msg") == 0) {
+        on_msg(c, j);
+    } else if (op && strcmp(op, "bye") == 0) {
+        const char *reason = json_string_value(json_object_get(j, "reason"));
+        if (reason && strcmp(reason, "shutdown") == 0) {
+            c->got_bye = 1;
+        } else {
+            C.bye_other++;
+            NOTE_LIMITED(C.bye_other, "%s: bye with reason %s", c->hname, reason ? reason : "(none)");
+        }
+    } else {
+        note("%s: unexpected line %.200s", c->hname, line);
+    }
+    json_decref(j);
+}
+
+/* Reads what is there; returns -1 once the connection is gone. */
+static int conn_read(struct conn *c)
+{
+    for (int guard = 0; guard < 64; guard++) {
+        if (c->rcap - c->rlen < 16384) {
+            size_t nc = c->rcap ? c->rcap * 2 : 65536;
+            ck_assert_msg(nc <= RBUF_MAX * 2, "%s: line too long", c->hname);
+            c->rb = realloc(c->rb, nc);
+            ck_assert(c->rb != NULL);
+            c->rcap = nc;
+        }
+        ssize_t r = read(c->fd, c->rb + c->rlen, c->rcap - c->rlen);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        if (r <= 0) {
+            conn_close(c, 0, r == 0 ? "EOF" : strerror(errno));
+            return -1;
+        }
+        c->rlen += (size_t)r;
+        size_t start = 0;
+        for (size_t i = 0; i < c->rlen; i++) {
+            if (c->rb[i] != '\n')
+                continue;
+            size_t l = i - start;
+            if (l > 0 && c->rb[start + l - 1] == '\r')
+                l--;
+            on_line(c, c->rb + start, l);
+            if (c->fd < 0)
+                return -1;
+            start = i + 1;
+        }
+        memmove(c->rb, c->rb + start, c->rlen - start);
+        c->rlen -= start;
+    }
+    return 0;
+}
+
+static void conn_flush(struct conn *c)
+{
+    size_t off = 0;
+    while (c->fd >= 0 && off < c->wlen) {
+        ssize_t w = send(c->fd, c->wb + off, c->wlen - off, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        if (w < 0) {
+            /* Read what the daemon sent before it went (a bye). */
+            if (conn_read(c) == 0)
+                conn_close(c, 0, strerror(errno));
+            return;
+        }
+        off += (size_t)w;
+    }
+    if (c->fd >= 0) {
+        memmove(c->wb, c->wb + off, c->wlen - off);
+        c->wlen -= off;
+    }
+}
+
+/* --------------------------------------------------------- traffic */
+
+static void send_pubs(long long now)
+{
+    long allowed = 0;
+    if (C.phase == PH_TRAFFIC) {
+        long long want = (long long)opt_rate * (now - C.t_traffic) / 1000;
+        allowed = (long)(want - C.issued);
+        if (C.issued + allowed > C.cap)
+            allowed = C.cap - C.issued;
+    }
+    if (C.phase != PH_TRAFFIC && C.phase != PH_SETTLE && C.phase != PH_DRAIN)
+        return;
+    for (int progress = 1; progress;) {
+        progress = 0;
+        for (int i = 0; i < C.nconns; i++) {
+            struct conn *c = &C.c[i];
+            if (c->role != R_PUB || c->fd < 0 || c->npub >= PUB_WINDOW)
+                continue;
+            long n = -1;
+            if (C.rq_len && C.retry_at[C.rq[C.rq_head]] <= now) {
+                n = C.rq[C.rq_head];
+                C.rq_head = (C.rq_head + 1) % (size_t)C.cap;
+                C.rq_len--;
+                if (C.st[n] != ST_RETRY)
+                    continue;
+                C.retries++;
+            } else if (allowed > 0) {
+                n = C.issued++;
+                allowed--;
+            } else {
+                continue;
+            }
+            set_state(n, ST_INFLIGHT);
+            if (C.tries[n] < UINT16_MAX)
+                C.tries[n]++;
+            C.pub_sent++;
+            req(c, P_PUB, n,
+                "{\"op\":\"pub\",\"stream\":\"%s\",\"data\":{\"n\":%ld},\"msgid\":\"m%ld\",\"type\":\"CHAOS\"",
+                C.stream, n, n);
+            progress = 1;
+        }
+    }
+}
+
+static void send_consumer_work(long long now)
+{
+    for (int i = 0; i < C.nconns; i++) {
+        struct conn *c = &C.c[i];
+        if (c->role != R_CONS || c->fd < 0)
+            continue;
+        if (c->sub_state == 0 && now >= c->sub_retry_at) {
+            req(c, P_SUB, -1,
+                "{\"op\":\"sub\",\"stream\":\"%s\",\"group\":\"g%d\",\"consumer\":\"%s\","
+                "\"prefetch\":%d,\"from\":\"all\"",
+                C.stream, c->group + 1, c->cname, PREFETCH);
+            c->sub_state = 1;
+        }
+        if (c->stalled)
+            continue;
+        size_t k = 0;
+        for (size_t h = 0; h < c->nheld; h++) {
+            struct held *e = &c->held[h];
+            if (e->due <= now) {
+                req(c, P_ACK, e->n, "{\"op\":\"ack\",\"sub\":%lld,\"id\":\"%s\"", e->sub, e->id);
+                C.ack_sent++;
+            } else {
+                c->held[k++] = *e;
+            }
+        }
+        c->nheld = k;
+    }
+}
+
+/* ---------------------------------------------------------- faults */
+
+static void restart_main_daemon(const char *why)
+{
+    if (h_daemon_try_start() != 0) {
+        char *log = h_daemon_log();
+        note("streambusd did not restart after %s; log tail: %.600s", why,
+             log ? log + (strlen(log) > 600 ? strlen(log) - 600 : 0) : "");
+        free(log);
+        C.failed = 1;
+    }
+}
+
+static void check_daemons(void)
+{
+    if (H.daemon.pid && !H.daemon_expected_dead && !h_alive(&H.daemon)) {
+        note("streambusd died on its own (status 0x%x)", H.daemon.status);
+        C.failed = 1;
+        H.daemon_expected_dead = 1;
+        restart_main_daemon("dying");
+    }
+    if (C.sid == S_TWO_DAEMONS && F.state == 0 && H.extra[0].pid && !h_alive(&H.extra[0])) {
+        note("extra streambusd died on its own (status 0x%x)", H.extra[0].status);
+        C.failed = 1;
+    }
+}
+
+static void fault_schedule(void)
+{
+    long long span = (long long)opt_seconds * 1000;
+    F.next_at = C.t_traffic + span * (F.done + 1) / (F.planned + 1);
+}
+
+static void fault_init(void)
+{
+    memset(&F, 0, sizeof F);
+    switch (C.sid) {
+    case S_CONSUMER_KILL:
+        F.planned = INT_MAX;
+        F.next_at = C.t_traffic + 200 + rnd(300);
+        return;
+    case S_DAEMON_KILL9:
+    case S_REDIS_RESTART:
+        F.planned = opt_seconds / 15 > 1 ? opt_seconds / 15 : 1;
+        break;
+    default:
+        F.planned = opt_seconds / 20 > 1 ? opt_seconds / 20 : 1;
+        break;
+    }
+    fault_schedule();
+}
+
+/* 1 while a fault is under way (something is down). */
+static int fault_busy(void)
+{
+    return F.state != 0;
+}
+
+static void fault_step(long long now)
+{
+    int traffic = C.phase == PH_TRAFFIC;
+    switch (C.sid) {
+    case S_CONSUMER_KILL:
+        if (traffic && now >= F.next_at) {
+            struct conn *cand[MAX_CONNS];
+            int nc = 0;
+            for (int i = 0; i < C.nconns; i++)
+                if (C.c[i].role == R_CONS && C.c[i].fd >= 0 && C.c[i].sub_state == 2 &&
+                    !C.c[i].stalled)
+                    cand[nc++] = &C.c[i];
+            if (nc) {
+                struct conn *v = cand[rnd((unsigned)nc)];
+                v->stalled = 1;         /* holds what it gets from now on */
+                for (size_t h = 0; h < v->nheld; h++)
+                    v->held[h].due = LLONG_MAX;
+                v->kill_at = now + 100 + rnd(300);
+                C.faults++;
+            }
+            F.next_at = now + 300 + rnd(400);
+        }
+        for (int i = 0; i < C.nconns; i++) {
+            struct conn *c = &C.c[i];
+            if (c->stalled && now >= c->kill_at) {
+                conn_kill(c);
+                if (rnd(2))
+                    c->gen++;           /* replaced under a new name */
+                c->next_connect = now + rnd(200);
+            }
+        }
+        break;
+
+    case S_DAEMON_KILL9:
+        if (F.state == 0 && traffic && F.done < F.planned && now >= F.next_at) {
+            C.expect_peer_close = 1;
+            H.daemon_expected_dead = 1;
+            kill(H.daemon.pid, SIGKILL);
+            h_wait_exit(&H.daemon, 3000);
+            note("streambusd killed with SIGKILL");
+            C.faults++;
+            F.state = 1;
+            F.t = now + 300;
+        } else if (F.state == 1 && now >= F.t) {
+            restart_main_daemon("SIGKILL");
+            note("streambusd restarted on port %d", H.port);
+            C.expect_peer_close = 0;
+            F.state = 0;
+            F.done++;
+            fault_schedule();
+        }
+        break;
+
+    case S_REDIS_RESTART:
+        if (F.state == 0 && traffic && F.done < F.planned && now >= F.next_at) {
+            h_redis_kill(SIGKILL);
+            note("redis-server killed with SIGKILL");
+            C.faults++;
+            F.state = 1;
+            F.t = now + 700;
+        } else if (F.state == 1 && now >= F.t) {
+            if (chaos_redis_start() != 0) {
+                note("redis-server did not restart");
+                C.failed = 1;
+            } else {
+                note("redis-server restarted (AOF loaded)");
+            }
+            F.state = 0;
+            F.done++;
+            fault_schedule();
+        }
+        break;
+
+    case S_TWO_DAEMONS:
+        if (F.state == 0 && traffic && F.done < F.planned && now >= F.next_at) {
+            C.expect_peer_close = 1;
+            kill(H.extra[0].pid, SIGKILL);
+            h_wait_exit(&H.extra[0], 3000);
+            note("second streambusd killed with SIGKILL; its clients move to the first");
+            C.faults++;
+            for (int i = 0; i < C.nconns; i++) {
+                struct conn *c = &C.c[i];
+                if (c->target == 1) {
+                    c->target = 0;
+                    c->gen++;
+                }
+            }
+            F.done++;
+            if (F.done < F.planned) {
+                F.state = 1;
+                F.t = now + 4000;
+            } else {
+                F.state = 2;
+                F.t = now + 1000;
+            }
+        } else if (F.state == 1 && now >= F.t) {
+            h_extra_start(0);
+            note("second streambusd restarted; its clients go back to it");
+            for (int i = 0; i < C.nconns; i++) {
+                struct conn *c = &C.c[i];
+                if (c->home == 1) {
+                    c->target = 1;
+                    c->gen++;
+                    conn_kill(c);
+                }
+            }
+            C.expect_peer_close = 0;
+            F.state = 0;
+            fault_schedule();
+        } else if (F.state == 2 && now >= F.t) {
+            C.expect_peer_close = 0;
+            F.state = 0;
+        }
+        break;
+
+    case S_SIGTERM:
+        if (F.state == 0 && traffic && F.done < F.planned && now >= F.next_at) {
+            int n = 0;
+            for (int i = 0; i < C.nconns; i++) {
+                struct conn *c = &C.c[i];
+                c->expect_bye = c->fd >= 0 && c->hello_ok;
+                n += c->expect_bye;
+            }
+            C.expect_peer_close = 1;
+            H.daemon_expected_dead = 1;
+            kill(H.daemon.pid, SIGTERM);
+            note("SIGTERM sent to streambusd (%d clients expect a bye)", n);
+            C.faults++;
+            F.state = 1;
+            F.t = now;
+        } else if (F.state == 1) {
+            if (!h_alive(&H.daemon)) {
+                int st = H.daemon.status;
+                if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+                    note("streambusd after SIGTERM: status 0x%x, want exit 0", st);
+                    C.failed = 1;
+                } else {
+                    note("streambusd exited 0, %lld ms after SIGTERM", now - F.t);
+                }
+                F.state = 2;
+                F.t2 = now + 200;
+            } else if (now - F.t > EXIT_WAIT_MS) {
+                note("streambusd did not exit within %d ms of SIGTERM", EXIT_WAIT_MS);
+                C.failed = 1;
+                kill(H.daemon.pid, SIGKILL);
+                h_wait_exit(&H.daemon, 3000);
+                F.state = 2;
+                F.t2 = now + 200;
+            }
+        } else if (F.state == 2 && now >= F.t2) {
+            restart_main_daemon("SIGTERM");
+            note("streambusd restarted on port %d", H.port);
+            C.expect_peer_close = 0;
+            F.state = 0;
+            F.done++;
+            fault_schedule();
+        }
+        break;
+    }
+}
+
+/* ----------------------------------------------------------- the loop */
+
+static void tick(int wait_ms)
+{
+    static long long last_check;
+    long long now = mono();
+
+    for (int i = 0; i < C.nconns; i++) {
+        struct conn *c = &C.c[i];
+        if (c->fd < 0 && now >= c->next_connect && C.phase != PH_DONE)
+            conn_open(c);
+    }
+    now = mono();
+    send_consumer_work(now);
+    send_pubs(now);
+    for (int i = 0; i < C.nconns; i++)
+        if (C.c[i].fd >= 0 && C.c[i].wlen)
+            conn_flush(&C.c[i]);
+
+    struct pollfd pfd[MAX_CONNS];
+    int map[MAX_CONNS], np = 0;
+    for (int i = 0; i < C.nconns; i++) {
+        struct conn *c = &C.c[i];
+        if (c->fd < 0)
+            continue;
+        pfd[np].fd = c->fd;
+        pfd[np].events = POLLIN | (c->wlen ? POLLOUT : 0);
+        pfd[np].revents = 0;
+        map[np++] = i;
+    }
+    if (poll(pfd, (nfds_t)np, wait_ms) > 0) {
+        for (int k = 0; k < np; k++) {
+            struct conn *c = &C.c[map[k]];
+            if (c->fd < 0 || !pfd[k].revents)
+                continue;
+            if (pfd[k].revents & (POLLIN | POLLHUP | POLLERR))
+                conn_read(c);
+            if (c->fd >= 0 && (pfd[k].revents & POLLOUT))
+                conn_flush(c);
+        }
+    } else if (np == 0 && wait_ms > 0) {
+        h_sleep_ms(wait_ms);
+    }
+
+    now = mono();
+    for (int i = 0; i < C.nconns; i++) {
+        struct conn *c = &C.c[i];
+        if (c->fd >= 0 && c->qlen && now - c->q[c->qhead].t > REPLY_STALL_MS) {
+            C.stall_closes++;
+            note("%s: no reply for %d ms (%zu requests waiting): closing it",
+                 c->hname, REPLY_STALL_MS, c->qlen);
+            conn_close(c, 1, "no reply");
+        }
+    }
+    if (now - last_check >= 200) {
+        last_check = now;
+        check_daemons();
+    }
+    fault_step(now);
+}
+
+/* ------------------------------------------------------- accounting */
+
+struct idn { uint64_t ms; uint32_t seq; long n; };
+
+static int idn_cmp(const void *a, const void *b)
+{
+    const struct idn *x = a, *y = b;
+    if (x->ms != y->ms)
+        return x->ms < y->ms ? -1 : 1;
+    if (x->seq != y->seq)
+        return x->seq < y->seq ? -1 : 1;
+    return 0;
+}
+
+static long field_n(const redisReply *entry, const char *field)
+{
+    const char *s = h_entry_field(entry, field);
+    if (!s)
+        return -1;
+    json_error_t jerr;
+    json_t *j = json_loads(s, JSON_DECODE_ANY, &jerr);
+    json_t *nj = json_object_get(j, "n");
+    long n = json_is_integer(nj) ? (long)json_integer_value(nj) : -1;
+    json_decref(j);
+    return n;
+}
+
+/* Every entry of key as (id, n) in id order; *count set. */
+static struct idn *read_stream(redisContext *rc, const char *key, size_t *count,
+                               int want_group, uint8_t **dlq_out)
+{
+    size_t cap = 1024, len = 0;
+    struct idn *v = malloc(cap * sizeof *v);
+    ck_assert(v != NULL);
+    char start[64] = "-";
+    for (int guard = 0; guard < 100000; guard++) {
+        redisReply *r = redisCommand(rc, "XRANGE %s %s + COUNT 5000", key, start);
+        ck_assert_msg(r && r->type == REDIS_REPLY_ARRAY, "XRANGE %s failed", key);
+        size_t got = r->elements;
+        for (size_t i = 0; i < got; i++) {
+            const redisReply *e = r->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements != 2)
+                continue;
+            if (len == cap) {
+                cap *= 2;
+                v = realloc(v, cap * sizeof *v);
+                ck_assert(v != NULL);
+            }
+            struct idn *x = &v[len++];
+            x->ms = 0; x->seq = 0;
+            id_parse(e->element[0]->str, &x->ms, &x->seq);
+            x->n = field_n(e, "data");
+            if (want_group && x->n >= 0 && x->n < C.issued) {
+                const char *g = h_entry_field(e, "group");
+                int gi = g && g[0] == 'g' ? atoi(g + 1) - 1 : -1;
+                if (gi >= 0 && gi < NGROUPS)
+                    dlq_out[gi][x->n] = 1;
+                else
+                    note("DLQ entry %s without a known group", e->element[0]->str);
+            }
+            if (i + 1 == got)
+                snprintf(start, sizeof start, "(%s", e->element[0]->str);
+        }
+        freeReplyObject(r);
+        if (got < 5000)
+            break;
+    }
+    *count = len;
+    return v;
+}
+
+struct result {
+    long pub_ok, delivered, lost[NGROUPS], lost_undelivered[NGROUPS], lost_stuck[NGROUPS],
+         dups[NGROUPS], dlq[NGROUPS], dlq_total, stored_unconfirmed, never_confirmed,
+         ok_no_dedup, ok_id_differs, ack_cleared[NGROUPS], pending_left[NGROUPS];
+};
+
+static void copy_logs(void)
+{
+    char dest[256];
+    snprintf(dest, sizeof dest, "/tmp/streambus-chaos-%s-%d", C.name, (int)getpid());
+    char *argv[] = { "cp", "-r", H.dir, dest, NULL };
+    if (h_run(argv, NULL, 10000) == 0)
+        note("logs kept in %s", dest);
+}
+
+static void grep_logs(const char *needle)
+{
+    const char *files[] = { "daemon.log", "daemon-extra0.log" };
+    for (size_t f = 0; f < 2; f++) {
+        char path[700];
+        snprintf(path, sizeof path, "%s/%s", H.dir, files[f]);
+        char *txt = h_read_file(path);
+        if (!txt)
+            continue;
+        int shown = 0;
+        for (char *line = txt; line && *line && shown < 5;) {
+            char *eol = strchr(line, '\n');
+            if (eol)
+                *eol = '\0';
+            if (strstr(line, needle)) {
+                printf("      %s: %s\n", files[f], line);
+                shown++;
+            }
+            line = eol ? eol + 1 : NULL;
+        }
+        free(txt);
+    }
+}
+
+static void account(struct result *R)
+{
+    memset(R, 0, sizeof *R);
+    redisContext *rc = redis_open();
+    ck_assert_msg(rc != NULL, "redis unreachable for the accounting");
+
+    /* The stream (acknowledged entries may have been trimmed already;
+     * pending ones never are): id -> n for the pending lists. */
+    size_t ns = 0, nd = 0;
+    struct idn *stream = read_stream(rc, C.key, &ns, 0, NULL);
+    qsort(stream, ns, sizeof *stream, idn_cmp);
+    struct idn *dl = read_stream(rc, C.dlqkey, &nd, 1, C.dlq);
+    R->dlq_total = (long)nd;
+    free(dl);
+
+    for (int g = 0; g < NGROUPS; g++) {
+        redisReply *r = redisCommand(rc, "XPENDING %s g%d - + 1000000", C.key, g + 1);
+        ck_assert_msg(r != NULL, "XPENDING failed");
+        if (r->type == REDIS_REPLY_ARRAY) {
+            R->pending_left[g] = (long)r->elements;
+            for (size_t i = 0; i < r->elements; i++) {
+                const redisReply *p = r->element[i];
+                struct idn key = { 0, 0, 0 };
+                if (p->type != REDIS_REPLY_ARRAY || p->elements < 1 ||
+                    !id_parse(p->element[0]->str, &key.ms, &key.seq))
+                    continue;
+                struct idn *hit = bsearch(&key, stream, ns, sizeof *stream, idn_cmp);
+                if (hit && hit->n >= 0 && hit->n < C.issued)
+                    C.pending[g][hit->n] = 1;
+                else
+                    note("group g%d: pending entry %s not in the stream", g + 1, p->element[0]->str);
+            }
+        } else {
+            note("XPENDING g%d: %s", g + 1, r->str ? r->str : "error");
+        }
+        freeReplyObject(r);
+    }
+    free(stream);
+
+    /* The dedup keys say which n were stored, also those never confirmed. */
+    long batch = 2000;
+    for (long base = 0; base < C.issued; base += batch) {
+        long end = base + batch < C.issued ? base + batch : C.issued;
+        for (long n = base; n < end; n++)
+            redisAppendCommand(rc, "GET %s:dedup:m%ld", C.key, n);
+        for (long n = base; n < end; n++) {
+            void *vr = NULL;
+            ck_assert_msg(redisGetReply(rc, &vr) == REDIS_OK && vr, "GET dedup failed");
+            redisReply *r = vr;
+            uint64_t ms = 0;
+            uint32_t seq = 0;
+            int stored = r->type == REDIS_REPLY_STRING && id_parse(r->str, &ms, &seq);
+            if (C.st[n] == ST_OK) {
+                if (!stored)
+                    R->ok_no_dedup++;
+                else if (ms != C.okid_ms[n] || seq != C.okid_seq[n])
+                    R->ok_id_differs++;
+            } else {
+                R->never_confirmed++;
+                if (stored)
+                    R->stored_unconfirmed++;
+            }
+            freeReplyObject(r);
+        }
+    }
+    redisFree(rc);
+
+    R->pub_ok = C.pub_ok;
+    R->delivered = C.deliveries[0] + C.deliveries[1];
+    int shown = 0;
+    for (int g = 0; g < NGROUPS; g++) {
+        for (long n = 0; n < C.issued; n++) {
+            if (C.deliv[g][n] > 1)
+                R->dups[g] += C.deliv[g][n] - 1;
+            if (C.dlq[g][n])
+                R->dlq[g]++;
+            if (C.st[n] != ST_OK || C.dlq[g][n] || C.acked[g][n])
+                continue;
+            if (C.deliv[g][n] && !C.pending[g][n]) {
+                R->ack_cleared[g]++;    /* ack reply lost, but Redis has it acked */
+                continue;
+            }
+            R->lost[g]++;
+            if (!C.deliv[g][n])
+                R->lost_undelivered[g]++;
+            else
+                R->lost_stuck[g]++;
+            if (shown < 15) {
+                char id[48];
+                snprintf(id, sizeof id, "%llu-%u", (unsigned long long)C.okid_ms[n], C.okid_seq[n]);
+                printf("    LOST g%d n=%ld id=%s tries=%u delivered=%u pending_in_redis=%d\n",
+                       g + 1, n, id, C.tries[n], C.deliv[g][n], C.pending[g][n]);
+                grep_logs(id);
+                shown++;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------ the scenario */
+
+static void alloc_state(void)
+{
+    long cap = (long)opt_rate * opt_seconds + opt_rate / 10 + 1000;
+    C.cap = cap;
+    C.st = calloc((size_t)cap, 1);
+    C.tries = calloc((size_t)cap, sizeof *C.tries);
+    C.okid_ms = calloc((size_t)cap, sizeof *C.okid_ms);
+    C.okid_seq = calloc((size_t)cap, sizeof *C.okid_seq);
+    C.did_ms = calloc((size_t)cap, sizeof *C.did_ms);
+    C.did_seq = calloc((size_t)cap, sizeof *C.did_seq);
+    C.retry_at = calloc((size_t)cap, sizeof *C.retry_at);
+    C.rq = calloc((size_t)cap, sizeof *C.rq);
+    ck_assert(C.st && C.tries && C.okid_ms && C.okid_seq && C.did_ms && C.did_seq &&
+              C.retry_at && C.rq);
+    for (int g = 0; g < NGROUPS; g++) {
+        C.deliv[g] = calloc((size_t)cap, sizeof *C.deliv[g]);
+        C.acked[g] = calloc((size_t)cap, 1);
+        C.pending[g] = calloc((size_t)cap, 1);
+        C.dlq[g] = calloc((size_t)cap, 1);
+        ck_assert(C.deliv[g] && C.acked[g] && C.pending[g] && C.dlq[g]);
+    }
+}
+
+/* Every ok'd n acknowledged by every group, or delivered with nothing
+ * left pending in Redis. */
+static int all_accounted(void)
+{
+    long long pend[NGROUPS];
+    int asked = 0;
+    for (int g = 0; g < NGROUPS; g++) {
+        for (long n = 0; n < C.issued; n++) {
+            if (C.st[n] != ST_OK || C.acked[g][n])
+                continue;
+            if (!C.deliv[g][n])
+                return 0;
+            if (!asked) {
+                for (int k = 0; k < NGROUPS; k++)
+                    pend[k] = redis_pending_count(k);
+                asked = 1;
+            }
+            if (pend[g] != 0)
+                return 0;
+        }
+    }
+    return 1;
+}
+
+static void write_result(const struct result *R, double secs)
+{
+    FILE *f = fopen(results_path, "a");
+    if (!f)
+        return;
+    fprintf(f, "R|%s|%s|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%.1f\n",
+            C.name, C.failed || R->lost[0] || R->lost[1] ? "FAIL" : "ok",
+            R->pub_ok, R->delivered, R->lost[0], R->lost[1], R->dups[0], R->dups[1],
+            R->dlq_total, R->stored_unconfirmed, R->never_confirmed, C.retries, C.faults, secs);
+    if (C.notes_len)
+        fprintf(f, "N|%s|%s\n", C.name, C.notes);
+    fclose(f);
+}
+
+static void scenario(int sid)
+{
+    long long t_start = mono();
+    memset(&C, 0, sizeof C);
+    C.sid = sid;
+    C.name = scen_names[sid];
+    rng_state = opt_seed ^ (0x9E3779B97F4A7C15ull * (unsigned long long)(sid + 1));
+    snprintf(C.stream, sizeof C.stream, "chaos_%s", C.name);
+    snprintf(C.key, sizeof C.key, "sb:%s", C.stream);
+    snprintf(C.dlqkey, sizeof C.dlqkey, "sb:%s:dlq", C.stream);
+    alloc_state();
+
+    snprintf(H.conf_defaults, sizeof H.conf_defaults, "%s", DAEMON_DEFAULTS);
+    h_daemon_start();
+    if (sid == S_TWO_DAEMONS)
+        h_extra_start(0);
+
+    int daemons = sid == S_TWO_DAEMONS ? 2 : 1;
+    int per_group = sid == S_TWO_DAEMONS ? 4 : 3;
+    for (int p = 0; p < 2; p++)
+        conn_add(R_PUB, p, 0, p % daemons);
+    for (int g = 0; g < NGROUPS; g++)
+        for (int k = 0; k < per_group; k++)
+            conn_add(R_CONS, k, g, k % daemons);
+
+    printf("chaos[%s]: redis :%d, streambusd :%d%s, %d s of traffic at %d/s, seed %llu\n",
+           C.name, H.redis_port, H.port, daemons == 2 ? " and a second one" : "",
+           opt_seconds, opt_rate, opt_seed);
+    fflush(stdout);
+
+    /* Startup: every consumer subscribed. */
+    C.phase = PH_STARTUP;
+    long long end = mono() + STARTUP_MS;
+    for (;;) {
+        int ready = 0, total = 0;
+        for (int i = 0; i < C.nconns; i++)
+            if (C.c[i].role == R_CONS) {
+                total++;
+                ready += C.c[i].sub_state == 2;
+            }
+        if (ready == total)
+            break;
+        ck_assert_msg(mono() < end, "%s: only %d of %d consumers subscribed within %d ms",
+                      C.name, ready, total, STARTUP_MS);
+        tick(5);
+    }
+
+    C.phase = PH_TRAFFIC;
+    C.t_traffic = mono();
+    fault_init();
+    while (mono() - C.t_traffic < (long long)opt_seconds * 1000)
+        tick(2);
+
+    C.phase = PH_SETTLE;
+    C.t_settle = mono();
+    while ((C.outstanding > 0 || fault_busy()) && mono() - C.t_settle < SETTLE_MS)
+        tick(5);
+    for (int i = 0; i < C.nconns; i++)      /* stalled consumers left over */
+        if (C.c[i].stalled) {
+            conn_kill(&C.c[i]);
+            C.c[i].next_connect = mono();
+        }
+    if (C.outstanding > 0)
+        note("%ld pubs still unanswered after %d ms of retries", C.outstanding, SETTLE_MS);
+
+    C.phase = PH_DRAIN;
+    C.t_drain = mono();
+    C.last_deliv = mono();
+    long long last_eval = 0;
+    int accounted = 0;
+    for (;;) {
+        long long now = mono();
+        long long quiet = now - C.last_deliv;
+        if (now - C.t_drain >= DRAIN_MAX_MS) {
+            note("drain bound (%d ms) reached", DRAIN_MAX_MS);
+            break;
+        }
+        if (quiet >= DRAIN_QUIET_MAX_MS)
+            break;
+        if (quiet >= DRAIN_QUIET_MS && now - last_eval >= 500) {
+            last_eval = now;
+            accounted = all_accounted();
+            if (accounted)
+                break;
+        }
+        tick(5);
+    }
+    double drain_s = (mono() - C.t_drain) / 1000.0;
+
+    C.phase = PH_DONE;
+    for (int i = 0; i < C.nconns; i++) {
+        struct conn *c = &C.c[i];
+        if (c->expect_bye) {
+            C.bye_missing++;
+            note("%s never saw its connection end after SIGTERM", c->hname);
+            c->expect_bye = 0;
+        }
+        if (c->fd >= 0)
+            conn_close(c, 1, "end");
+    }
+
+    struct result R;
+    printf("chaos[%s]: accounting (%ld published ok, drain %.1f s)\n", C.name, C.pub_ok, drain_s);
+    account(&R);
+    if (C.pub_ok == 0) {
+        note("no pub was answered ok");
+        C.failed = 1;
+    }
+    if (sid == S_SIGTERM && (C.bye_missing || C.bye_ok == 0))
+        C.failed = 1;
+    if (R.lost[0] || R.lost[1])
+        copy_logs();
+    double secs = (mono() - t_start) / 1000.0;
+
+    printf("chaos[%s]: pub sent %ld ok %ld (dup replies %ld), retries %ld "
+           "[unavailable %ld, indeterminate %ld, overloaded %ld, no reply %ld, other %ld]\n",
+           C.name, C.pub_sent, C.pub_ok, C.pub_dup, C.retries, C.err_unavail, C.err_indet,
+           C.err_overload, C.noreply, C.err_other);
+    for (int g = 0; g < NGROUPS; g++)
+        printf("chaos[%s]: g%d deliveries %ld, lost %ld (never delivered %ld, still pending %ld), "
+               "duplicates %ld, dlq %ld, ack reply lost but cleared %ld, pending left %ld\n",
+               C.name, g + 1, C.deliveries[g], R.lost[g], R.lost_undelivered[g], R.lost_stuck[g],
+               R.dups[g], R.dlq[g], R.ack_cleared[g], R.pending_left[g]);
+    printf("chaos[%s]: faults %ld, our kills %ld (unacked held at kill %ld), peer closes %ld "
+           "(unexpected %ld), connect failures %ld, consumer_in_use %ld (longest %lld ms), "
+           "acks sent %ld (acked 0: %ld, refused %ld), sub errors %ld, stalled conns %ld, "
+           "bye ok %ld missing %ld\n",
+           C.name, C.faults, C.our_kills, C.unacked_at_kill, C.peer_closes, C.unexpected_closes,
+           C.connect_fail, C.in_use, C.max_in_use_ms, C.ack_sent, C.ack_zero, C.ack_err,
+           C.sub_err, C.stall_closes, C.bye_ok, C.bye_missing);
+    printf("chaos[%s]: stored but never confirmed %ld of %ld unconfirmed; ok without dedup key %ld, "
+           "ok id differs from dedup %ld, stored twice %ld, two ok ids %ld, rid mismatches %ld; %.1f s\n",
+           C.name, R.stored_unconfirmed, R.never_confirmed, R.ok_no_dedup, R.ok_id_differs,
+           C.id_changed, C.okid_mismatch, C.rid_mismatch, secs);
+    fflush(stdout);
+    write_result(&R, secs);
+
+    ck_assert_msg(R.lost[0] == 0 && R.lost[1] == 0, "%s: lost %ld (g1) + %ld (g2) events",
+                  C.name, R.lost[0], R.lost[1]);
+    ck_assert_msg(!C.failed, "%s: %s", C.name, C.notes);
+}
+
+/* ------------------------------------------------------------ fixtures */
+
+static void chaos_setup(void)
+{
+    h_setup();
+    /* h_setup's Redis has no persistence: replace it with an AOF one. */
+    h_redis_kill(SIGTERM);
+    for (int attempt = 0; attempt < 3; attempt++) {
+        if (attempt > 0)
+            H.redis_port = h_free_port();
+        if (chaos_redis_start() == 0)
+            return;
+    }
+    ck_abort_msg("redis-server with AOF did not start");
+}
+
+START_TEST(t_scenario)
+{
+    scenario(_i);
+}
+END_TEST
+
+/* ----------------------------------------------------------------- main */
+
+static void usage(const char *argv0)
+{
+    fprintf(stderr,
+            "usage: %s [--seconds N] [--rate PUBS_PER_S] [--scenario NAME] [--seed S]\n"
+            "scenarios:", argv0);
+    for (int i = 0; i < S_COUNT; i++)
+        fprintf(stderr, " %s", scen_names[i]);
+    fprintf(stderr, "\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option lopts[] = {
+        { "seconds", required_argument, NULL, 's' },
+        { "rate", required_argument, NULL, 'r' },
+        { "scenario", required_argument, NULL, 'S' },
+        { "seed", required_argument, NULL, 'x' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *only = NULL;
+    opt_seed = (unsigned long long)time(NULL) ^ ((unsigned long long)getpid() << 20);
+    int ch;
+    while ((ch = getopt_long(argc, argv, "s:r:S:x:h", lopts, NULL)) != -1) {
+        switch (ch) {
+        case 's': opt_seconds = atoi(optarg); break;
+        case 'r': opt_rate = atoi(optarg); break;
+        case 'S': only = optarg; break;
+        case 'x': opt_seed = strtoull(optarg, NULL, 0); break;
+        default: usage(argv[0]);
+        }
+    }
+    if (optind != argc || opt_seconds < 1 || opt_seconds > 3600 || opt_rate < 1 ||
+        opt_rate > 100000)
+        usage(argv[0]);
+    if (!opt_seed)
+        opt_seed = 1;
+    int first = 0, last = S_COUNT - 1;
+    if (only) {
+        int k = -1;
+        for (int i = 0; i < S_COUNT; i++)
+            if (strcmp(only, scen_names[i]) == 0)
+                k = i;
+        if (k < 0)
+            usage(argv[0]);
+        first = last = k;
+    }
+
+    snprintf(results_path, sizeof results_path, "%s/sbchaos.XXXXXX",
+             getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    int rfd = mkstemp(results_path);
+    if (rfd < 0) {
+        perror("mkstemp");
+        return 2;
+    }
+    close(rfd);
+
+    h_global_init();
+    Suite *s = suite_create("chaos");
+    TCase *tc = tcase_create("chaos");
+    tcase_add_checked_fixture(tc, chaos_setup, h_teardown);
+    tcase_add_unchecked_fixture(tc, NULL, h_reap_orphans);
+    /* traffic, settle and drain bounds, restarts */
+    tcase_set_timeout(tc, opt_seconds + SETTLE_MS / 1000 + DRAIN_MAX_MS / 1000 + 90);
+    tcase_add_loop_test(tc, t_scenario, first, last + 1);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+
+    /* The table. */
+    char *txt = h_read_file(results_path);
+    unlink(results_path);
+    size_t txt_len = txt ? strlen(txt) : 0;
+    int rows = 0, lost_any = 0;
+    printf("\nchaos: %d s of traffic per scenario at %d pubs/s, seed %llu\n",
+           opt_seconds, opt_rate, opt_seed);
+    printf("%-14s | %-6s | %12s | %10s | %11s | %11s | %5s | %11s | %7s | %6s | %6s\n",
+           "scenario", "result", "published ok", "delivered", "lost g1/g2", "dups g1/g2",
+           "dlq", "stored unc.", "retries", "faults", "secs");
+    printf("---------------+--------+--------------+------------+-------------+-------------+"
+           "-------+-------------+---------+--------+-------\n");
+    for (char *line = txt; line && *line;) {
+        char *eol = strchr(line, '\n');
+        if (eol)
+            *eol = '\0';
+        if (line[0] == 'R' && line[1] == '|') {
+            char name[64], res[8];
+            long pub, del, l1, l2, d1, d2, dlq, su, nc, retr, faults;
+            double secs;
+            if (sscanf(line, "R|%63[^|]|%7[^|]|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%lf",
+                       name, res, &pub, &del, &l1, &l2, &d1, &d2, &dlq, &su, &nc, &retr,
+                       &faults, &secs) == 14) {
+                char lost[32], dups[32], stored[32];
+                snprintf(lost, sizeof lost, "%ld/%ld", l1, l2);
+                snprintf(dups, sizeof dups, "%ld/%ld", d1, d2);
+                snprintf(stored, sizeof stored, "%ld/%ld", su, nc);
+                printf("%-14s | %-6s | %12ld | %10ld | %11s | %11s | %5ld | %11s | %7ld | %6ld | %6.1f\n",
+                       name, res, pub, del, lost, dups, dlq, stored, retr, faults, secs);
+                rows++;
+                lost_any |= l1 > 0 || l2 > 0;
+            }
+        }
+        line = eol ? eol + 1 : NULL;
+    }
+    printf("(delivered: deliveries to both groups; stored unc.: stored but never confirmed / "
+           "never confirmed)\n");
+    for (char *line = txt; line && line < txt + txt_len; line += strlen(line) + 1)
+        if (line[0] == 'N' && line[1] == '|')
+            printf("notes %s\n", line + 2);
+    free(txt);
+    int want = last - first + 1;
+    if (rows != want)
+        printf("chaos: %d of %d scenarios reported a result\n", rows, want);
+    if (failed || lost_any || rows != want) {
+        printf("chaos: FAILED\n");
+        return 1;
+    }
+    printf("chaos: ok\n");
+    return 0;
+}
