@@ -40,8 +40,9 @@ enum proto_op {
 };
 
 struct proto_msg {
-	char       *data;	/* compact JSON text of "data" (owned) */
+	const char *data;	/* JSON text of "data": the client's own bytes */
 	size_t      data_len;
+	char       *data_owned;	/* set when data is a copy we must free */
 	const char *type;	/* borrowed from the request's JSON, or NULL */
 	const char *msgid;
 };
@@ -85,6 +86,8 @@ struct proto_error {
 int  proto_parse_request(const char *line, size_t len, const struct proto_limits *lim,
     struct proto_request *req, struct proto_error *err);
 void proto_request_free(struct proto_request *req);
+/* Make a request independent of the line it was parsed from. */
+int  proto_request_own(struct proto_request *req);
 const char *proto_op_name(enum proto_op op);
 
 /* Encoding into an evbuffer (used as a growable byte buffer). */

@@ -1128,7 +1128,8 @@ pub_park(struct conn *c, uint64_t seq, struct proto_request *req)
 	struct parked *pk;
 
 	if (B.cfg->pub_wait_ms <= 0 || B.stopping ||
-	    B.nparked >= (size_t)B.cfg->max_inflight || (pk = calloc(1, sizeof(*pk))) == NULL)
+	    B.nparked >= (size_t)B.cfg->max_inflight || proto_request_own(req) != 0 ||
+	    (pk = calloc(1, sizeof(*pk))) == NULL)
 		return -1;
 	pk->conn_id = c->id;
 	pk->seq = seq;

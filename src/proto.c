@@ -157,11 +157,112 @@ proto_valid_id(const char *s)
 	return proto_parse_id(s, &ms, &seq) == 0;
 }
 
+/*
+ * Raw spans.  "data" is stored as the client wrote it (numbers keep their
+ * digits, nothing is re-serialised): these find the bytes of a member's
+ * value in text jansson has already validated, so they only need to skip,
+ * not to check.
+ */
+static const char *
+proto_skip_ws(const char *p, const char *end)
+{
+	while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+		p++;
+	return p;
+}
+
+static const char *
+proto_skip_string(const char *p, const char *end)
+{
+	for (p++; p < end && *p != '"'; p++)
+		if (*p == '\\')
+			p++;
+	return p < end ? p + 1 : end;
+}
+
+static const char *
+proto_skip_value(const char *p, const char *end)
+{
+	int depth = 0;
+
+	do {
+		if (p >= end)
+			return end;
+		if (*p == '"')
+			p = proto_skip_string(p, end);
+		else {
+			if (*p == '{' || *p == '[')
+				depth++;
+			else if (*p == '}' || *p == ']')
+				depth--;
+			p++;
+			if (depth == 0)	/* a scalar: up to a delimiter */
+				while (p < end && strchr(",}] \t\r\n", *p) == NULL)
+					p++;
+		}
+	} while (depth > 0);
+	return p;
+}
+
+/* In the object at p: the value of member key (no escapes in its name). */
 static int
-proto_message(json_t *obj, const char *where, const struct proto_limits *lim,
-    struct proto_msg *m, struct proto_error *err)
+proto_member_span(const char *p, const char *end, const char *key,
+    const char **vs, const char **ve)
+{
+	size_t klen = strlen(key);
+
+	p = proto_skip_ws(p, end);
+	if (p >= end || *p != '{')
+		return -1;
+	for (p++;;) {
+		const char *ks, *ke;
+		p = proto_skip_ws(p, end);
+		if (p >= end || *p != '"')
+			return -1;
+		ks = p + 1;
+		p = proto_skip_string(p, end);
+		ke = p - 1;
+		p = proto_skip_ws(p, end);
+		if (p >= end || *p != ':')
+			return -1;
+		p = proto_skip_ws(p + 1, end);
+		if ((size_t)(ke - ks) == klen && memcmp(ks, key, klen) == 0) {
+			*vs = p;
+			*ve = proto_skip_value(p, end);
+			return 0;
+		}
+		p = proto_skip_ws(proto_skip_value(p, end), end);
+		if (p >= end || *p != ',')
+			return -1;
+		p++;
+	}
+}
+
+/* Raw array iteration: *cur starts at the '[' and moves to the ',' or ']'
+ * after each element. */
+static int
+proto_next_element(const char **cur, const char *end, const char **vs, const char **ve)
+{
+	const char *p = proto_skip_ws(*cur, end);
+
+	if (p >= end || (*p != '[' && *p != ','))
+		return -1;
+	p = proto_skip_ws(p + 1, end);
+	if (p >= end || *p == ']')
+		return -1;
+	*vs = p;
+	*ve = proto_skip_value(p, end);
+	*cur = proto_skip_ws(*ve, end);
+	return 0;
+}
+
+/* obj_s/obj_e: the raw text of obj, when known. */
+static int
+proto_message(json_t *obj, const char *obj_s, const char *obj_e, const char *where,
+    const struct proto_limits *lim, struct proto_msg *m, struct proto_error *err)
 {
 	json_t *data = json_object_get(obj, "data");
+	const char *vs, *ve;
 
 	if (data == NULL)
 		return proto_fail(err, "bad_request", "%sdata: required", where);
@@ -170,10 +271,17 @@ proto_message(json_t *obj, const char *where, const struct proto_limits *lim,
 		return -1;
 	if (m->msgid != NULL && *m->msgid == '\0')
 		return proto_fail(err, "bad_request", "%smsgid: must not be empty", where);
-	m->data = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
-	if (m->data == NULL)
-		return proto_fail(err, "internal", "out of memory encoding data");
-	m->data_len = strlen(m->data);
+	if (obj_s != NULL && proto_member_span(obj_s, obj_e, "data", &vs, &ve) == 0) {
+		m->data = vs;
+		m->data_len = (size_t)(ve - vs);
+	} else {
+		/* "data" spelled with escapes: fall back to jansson's text */
+		m->data_owned = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
+		if (m->data_owned == NULL)
+			return proto_fail(err, "internal", "out of memory encoding data");
+		m->data = m->data_owned;
+		m->data_len = strlen(m->data);
+	}
 	if (m->data_len > lim->max_payload)
 		return proto_fail(err, "too_large", "%sdata: %zu bytes, more than max_payload %zu",
 		    where, m->data_len, lim->max_payload);
@@ -181,10 +289,11 @@ proto_message(json_t *obj, const char *where, const struct proto_limits *lim,
 }
 
 static int
-proto_parse_pub(struct proto_request *req, const struct proto_limits *lim,
-    struct proto_error *err)
+proto_parse_pub(struct proto_request *req, const char *line, size_t len,
+    const struct proto_limits *lim, struct proto_error *err)
 {
 	json_t *batch = json_object_get(req->root, "batch");
+	const char *end = line + len, *bs = NULL, *be = NULL;
 	char where[48];
 
 	if (batch == NULL) {
@@ -192,7 +301,7 @@ proto_parse_pub(struct proto_request *req, const struct proto_limits *lim,
 		if (req->msgs == NULL)
 			return proto_fail(err, "overloaded", "out of memory");
 		req->nmsgs = 1;
-		return proto_message(req->root, "", lim, &req->msgs[0], err);
+		return proto_message(req->root, line, end, "", lim, &req->msgs[0], err);
 	}
 	if (json_object_get(req->root, "data") != NULL)
 		return proto_fail(err, "bad_request", "batch: not allowed together with data");
@@ -204,13 +313,18 @@ proto_parse_pub(struct proto_request *req, const struct proto_limits *lim,
 	req->msgs = calloc(json_array_size(batch), sizeof(*req->msgs));
 	if (req->msgs == NULL)
 		return proto_fail(err, "overloaded", "out of memory");
+	if (proto_member_span(line, end, "batch", &bs, &be) != 0)
+		bs = NULL;
 	for (size_t i = 0; i < json_array_size(batch); i++) {
 		json_t *e = json_array_get(batch, i);
+		const char *es = NULL, *ee = NULL;
 		req->nmsgs = i + 1;
 		snprintf(where, sizeof(where), "batch[%zu].", i);
 		if (!json_is_object(e))
 			return proto_fail(err, "bad_request", "batch[%zu]: must be an object", i);
-		if (proto_message(e, where, lim, &req->msgs[i], err) != 0)
+		if (bs != NULL && proto_next_element(&bs, be, &es, &ee) != 0)
+			bs = es = ee = NULL;
+		if (proto_message(e, es, ee, where, lim, &req->msgs[i], err) != 0)
 			return -1;
 	}
 	return 0;
@@ -277,8 +391,8 @@ proto_parse_nack(struct proto_request *req, struct proto_error *err)
 }
 
 static int
-proto_parse_op(struct proto_request *req, const struct proto_limits *lim,
-    struct proto_error *err)
+proto_parse_op(struct proto_request *req, const char *line, size_t len,
+    const struct proto_limits *lim, struct proto_error *err)
 {
 	switch (req->op) {
 	case OP_HELLO:
@@ -291,7 +405,7 @@ proto_parse_op(struct proto_request *req, const struct proto_limits *lim,
 		return proto_name(req->root, "stream", 0, &req->stream, err);
 	case OP_PUB:
 		return proto_name(req->root, "stream", 1, &req->stream, err) != 0 ? -1 :
-		    proto_parse_pub(req, lim, err);
+		    proto_parse_pub(req, line, len, lim, err);
 	case OP_SUB:
 		return proto_name(req->root, "stream", 1, &req->stream, err) != 0 ? -1 :
 		    proto_parse_sub(req, err);
@@ -341,15 +455,31 @@ proto_parse_request(const char *line, size_t len, const struct proto_limits *lim
 		return proto_fail(err, "unknown_op", "unknown op (contains a NUL character)");
 	for (req->op = 0; req->op < OP__COUNT; req->op++)
 		if (strcmp(name, proto_op_names[req->op]) == 0)
-			return proto_parse_op(req, lim, err);
+			return proto_parse_op(req, line, len, lim, err);
 	return proto_fail(err, "unknown_op", "unknown op \"%.64s\"", name);
+}
+
+int
+proto_request_own(struct proto_request *req)
+{
+	for (size_t i = 0; i < req->nmsgs; i++) {
+		struct proto_msg *m = &req->msgs[i];
+		if (m->data_owned != NULL)
+			continue;
+		if ((m->data_owned = malloc(m->data_len + 1)) == NULL)
+			return -1;
+		memcpy(m->data_owned, m->data, m->data_len);
+		m->data_owned[m->data_len] = '\0';
+		m->data = m->data_owned;
+	}
+	return 0;
 }
 
 void
 proto_request_free(struct proto_request *req)
 {
 	for (size_t i = 0; i < req->nmsgs; i++)
-		free(req->msgs[i].data);
+		free(req->msgs[i].data_owned);
 	free(req->msgs);
 	free(req->ids);
 	json_decref(req->root);

@@ -919,10 +919,6 @@ config_suite(void)
 	tcase_add_test(tc, test_bug_long_lines);
 	suite_add_tcase(s, tc);
 
-	if (getenv("SB_TEST_KNOWN_BUGS") != NULL) {
-		tc = tcase_create("known_bugs");
-		suite_add_tcase(s, tc);
-	}
 	return s;
 }
 
