@@ -718,8 +718,9 @@ START_TEST(t_pub_single_stored)
     redisReply *x = h_redis("XRANGE sb:orders - +");
     ck_assert_int_eq(x->elements, 1);
     ck_assert_str_eq(x->element[0]->element[0]->str, id);
+    /* data is stored exactly as the client wrote it */
     ck_assert_str_eq(h_entry_field(x->element[0], "data"),
-                     "{\"a\":1,\"b\":[true,null,\"x y\"],\"c\":{\"d\":2.5}}");
+                     "{\"a\": 1, \"b\": [true, null, \"x y\"], \"c\": {\"d\": 2.5}}");
     freeReplyObject(x);
     json_decref(r);
 
