@@ -114,6 +114,9 @@ struct proto_delivery {
 };
 void proto_encode_delivery(struct evbuffer *out, const struct proto_delivery *d);
 
+/* 1 when text[0..len) is exactly one valid JSON value. */
+int proto_json_valid(const char *text, size_t len);
+
 /* Stream ids "MS-SEQ". */
 int proto_parse_id(const char *s, uint64_t *ms, uint64_t *seq);
 

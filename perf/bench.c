@@ -659,9 +659,11 @@ proc_sample(long pid)
 	n = read(fd, data, sizeof data - 1);
 	close(fd);
 	if (n > 0) {
+		unsigned long long run, wait;
+
 		data[n] = '\0';
-		s.sched_ok = sscanf(data, "%*u %llu", &utime) == 1;
-		s.runq_ns = utime;
+		s.sched_ok = sscanf(data, "%llu %llu", &run, &wait) == 2;
+		s.runq_ns = s.sched_ok ? wait : 0;
 	}
 	return s;
 }
@@ -965,6 +967,8 @@ conn_close(struct conn *c, const char *reason)
 	buf_free(&c->in);
 	buf_free(&c->out);
 	buf_free(&c->ack);
+	free(c->exp.e);
+	memset(&c->exp, 0, sizeof c->exp);
 	if (B.phase == PH_SETUP)
 		setup_continue();
 }

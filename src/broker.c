@@ -501,12 +501,10 @@ sub_deliver(struct sub *s, const char *id, long attempt, const redisReply *field
 	}
 	/* Entries others wrote: data must still be JSON on the wire. */
 	if (d.data_json != NULL) {
-		json_t *chk = json_loadb(d.data_json, d.data_len, JSON_DECODE_ANY, NULL);
-		if (chk == NULL) {
+		if (!proto_json_valid(d.data_json, d.data_len)) {
 			o = json_stringn(d.data_json, d.data_len);
 			obj = o ? json_dumps(o, JSON_ENCODE_ANY) : NULL;
 		}
-		json_decref(chk);
 	} else {
 		o = json_object();
 		for (size_t i = 0; fields != NULL && i + 1 < fields->elements; i += 2)

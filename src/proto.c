@@ -17,6 +17,10 @@
 #include "config.h"
 #include "proto.h"
 
+static size_t proto_utf8_len(const unsigned char *s, size_t n);
+
+#define PROTO_MASK_MAX 1024	/* batch entries whose data is masked */
+
 static const char *const proto_op_names[OP__COUNT] = {
 	[OP_HELLO] = "hello", [OP_PING] = "ping", [OP_PUB] = "pub",
 	[OP_SUB] = "sub", [OP_ACK] = "ack", [OP_NACK] = "nack",
@@ -256,6 +260,224 @@ proto_next_element(const char **cur, const char *end, const char **vs, const cha
 	return 0;
 }
 
+/*
+ * A strict JSON validator (RFC 8259, UTF-8 checked, nesting bounded) that
+ * builds nothing: pub checks "data" with it instead of building it, and
+ * deliveries check entries others wrote.
+ */
+#define PROTO_MAX_DEPTH 2048
+
+static int
+proto_hex4(const unsigned char *p, const unsigned char *end, unsigned *out)
+{
+	unsigned v = 0;
+
+	if (end - p < 4)
+		return -1;
+	for (int i = 0; i < 4; i++) {
+		unsigned c = p[i];
+		v <<= 4;
+		if (c >= '0' && c <= '9') v |= c - '0';
+		else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
+		else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
+		else return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+/* p at the opening quote; returns just past the closing one, or NULL. */
+static const unsigned char *
+proto_valid_string(const unsigned char *p, const unsigned char *end)
+{
+	for (p++; p < end;) {
+		unsigned u, lo;
+		size_t n;
+		if (*p == '"')
+			return p + 1;
+		if (*p < 0x20)
+			return NULL;
+		if (*p != '\\') {
+			if ((n = proto_utf8_len(p, (size_t)(end - p))) == 0)
+				return NULL;
+			p += n;
+			continue;
+		}
+		if (++p >= end)
+			return NULL;
+		if (strchr("\"\\/bfnrt", *p) != NULL && *p != '\0') {
+			p++;
+			continue;
+		}
+		if (*p != 'u' || proto_hex4(p + 1, end, &u) != 0)
+			return NULL;
+		p += 5;
+		if (u >= 0xdc00 && u <= 0xdfff)
+			return NULL;		/* a lone low surrogate */
+		if (u >= 0xd800 && u <= 0xdbff) {	/* needs its low half */
+			if (end - p < 6 || p[0] != '\\' || p[1] != 'u' ||
+			    proto_hex4(p + 2, end, &lo) != 0 || lo < 0xdc00 || lo > 0xdfff)
+				return NULL;
+			p += 6;
+		}
+	}
+	return NULL;
+}
+
+static const unsigned char *
+proto_valid_number(const unsigned char *p, const unsigned char *end)
+{
+#define DIGIT(q) ((q) < end && *(q) >= '0' && *(q) <= '9')
+	if (p < end && *p == '-')
+		p++;
+	if (p < end && *p == '0')
+		p++;
+	else if (DIGIT(p))
+		while (DIGIT(p))
+			p++;
+	else
+		return NULL;
+	if (p < end && *p == '.') {
+		if (!DIGIT(p + 1))
+			return NULL;
+		for (p++; DIGIT(p); p++)
+			;
+	}
+	if (p < end && (*p == 'e' || *p == 'E')) {
+		p++;
+		if (p < end && (*p == '+' || *p == '-'))
+			p++;
+		if (!DIGIT(p))
+			return NULL;
+		while (DIGIT(p))
+			p++;
+	}
+	return p;
+#undef DIGIT
+}
+
+int
+proto_json_valid(const char *text, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)text, *end = p + len;
+	unsigned char in_object[PROTO_MAX_DEPTH / 8];	/* 1 bit per level */
+	enum { WANT_VALUE, WANT_KEY, AFTER_VALUE } state = WANT_VALUE;
+	int depth = 0;
+
+	for (;;) {
+		while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+			p++;
+		if (state == AFTER_VALUE) {
+			int obj = depth > 0 && (in_object[(depth - 1) / 8] >> ((depth - 1) % 8)) & 1;
+			if (depth == 0)
+				return p == end;
+			if (p >= end)
+				return 0;
+			if (*p == ',') {
+				p++;
+				state = obj ? WANT_KEY : WANT_VALUE;
+			} else if (*p == (obj ? '}' : ']')) {
+				p++;
+				depth--;
+			} else
+				return 0;
+			continue;
+		}
+		if (p >= end)
+			return 0;
+		if (state == WANT_KEY) {
+			if (*p != '"' || (p = proto_valid_string(p, end)) == NULL)
+				return 0;
+			while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+				p++;
+			if (p >= end || *p++ != ':')
+				return 0;
+			state = WANT_VALUE;
+			continue;
+		}
+		if (*p == '{' || *p == '[') {
+			int obj = *p == '{';
+			if (depth >= PROTO_MAX_DEPTH)
+				return 0;
+			if (obj)
+				in_object[depth / 8] |= (unsigned char)(1u << (depth % 8));
+			else
+				in_object[depth / 8] &= (unsigned char)~(1u << (depth % 8));
+			depth++;
+			p++;
+			while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+				p++;
+			if (p < end && *p == (obj ? '}' : ']')) {
+				p++;
+				depth--;
+				state = AFTER_VALUE;
+			} else
+				state = obj ? WANT_KEY : WANT_VALUE;
+			continue;
+		}
+		if (*p == '"')
+			p = proto_valid_string(p, end);
+		else if (*p == '-' || (*p >= '0' && *p <= '9'))
+			p = proto_valid_number(p, end);
+		else if (end - p >= 4 && memcmp(p, "true", 4) == 0)
+			p += 4;
+		else if (end - p >= 5 && memcmp(p, "false", 5) == 0)
+			p += 5;
+		else if (end - p >= 4 && memcmp(p, "null", 4) == 0)
+			p += 4;
+		else
+			return 0;
+		if (p == NULL)
+			return 0;
+		state = AFTER_VALUE;
+	}
+}
+
+/*
+ * The envelope of a pub is small, its data may be large: before jansson
+ * parses a line, every "data" value (top level, or of each batch entry) is
+ * checked by proto_json_valid and replaced by 0 in a copy, so jansson
+ * builds only the envelope.  Substituting a valid value for a valid value
+ * keeps the line valid, and an invalid one is left for jansson to name.
+ * Returns the copy (malloc'd) or NULL when there is nothing to mask.
+ */
+static char *
+proto_mask_data(const char *line, size_t len, size_t *mlen)
+{
+	const char *end = line + len, *spans[2 * PROTO_MASK_MAX], *bs, *be, *cur;
+	size_t n = 0, out = 0, prev = 0;
+	char *copy;
+
+	if (proto_member_span(line, end, "data", &spans[0], &spans[1]) == 0)
+		n = 1;
+	else if (proto_member_span(line, end, "batch", &bs, &be) == 0) {
+		const char *es, *ee;
+		for (cur = bs; n < PROTO_MASK_MAX &&
+		    proto_next_element(&cur, be, &es, &ee) == 0; n++)
+			if (proto_member_span(es, ee, "data", &spans[2 * n], &spans[2 * n + 1]) != 0)
+				return NULL;
+		if (n == PROTO_MASK_MAX)
+			return NULL;	/* huge batches: jansson parses all */
+	}
+	if (n == 0)
+		return NULL;
+	for (size_t i = 0; i < n; i++)
+		if (!proto_json_valid(spans[2 * i], (size_t)(spans[2 * i + 1] - spans[2 * i])))
+			return NULL;
+	if ((copy = malloc(len + 1)) == NULL)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		size_t s = (size_t)(spans[2 * i] - line);
+		memcpy(copy + out, line + prev, s - prev);
+		out += s - prev;
+		copy[out++] = '0';
+		prev = (size_t)(spans[2 * i + 1] - line);
+	}
+	memcpy(copy + out, line + prev, len - prev);
+	*mlen = out + len - prev;
+	return copy;
+}
+
 /* obj_s/obj_e: the raw text of obj, when known. */
 static int
 proto_message(json_t *obj, const char *obj_s, const char *obj_e, const char *where,
@@ -431,11 +653,17 @@ proto_parse_request(const char *line, size_t len, const struct proto_limits *lim
 	json_error_t jerr;
 	json_t *op, *rid;
 	const char *name;
+	size_t mlen = 0;
+	char *masked = proto_mask_data(line, len, &mlen);
 
 	memset(req, 0, sizeof(*req));
 	req->delay_ms = -1;
 	err->rid = NULL;
-	req->root = json_loadb(line, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+	req->root = json_loadb(masked ? masked : line, masked ? mlen : len,
+	    JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+	if (req->root == NULL && masked != NULL)	/* name the error in the original */
+		req->root = json_loadb(line, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+	free(masked);
 	if (req->root == NULL)
 		return proto_fail(err, "bad_json", "invalid JSON at column %d: %s",
 		    jerr.column, jerr.text);

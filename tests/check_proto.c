@@ -611,14 +611,22 @@ START_TEST(test_parse_hostile)
 		"{\"op\":\"ping\",\"x\":123456789012345678901234567890}",
 		"{\"op\":\"unsub\",\"sub\":9223372036854775808}",
 		"{\"op\":\"unsub\",\"sub\":-9223372036854775809}",
-		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":99999999999999999999}",
 	};
 	/* Duplicate keys, at the top and nested. */
 	static const char *const dups[] = {
 		"{\"op\":\"ping\",\"op\":\"ping\"}",
 		"{\"op\":\"ping\",\"rid\":1,\"rid\":2}",
-		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":{\"a\":1,\"a\":2}}",
 	};
+	/* data is checked for JSON validity and passed through as written: a
+	 * number beyond 64 bits or a repeated name inside it is the
+	 * publisher's JSON, kept byte for byte. */
+	static const char *const passed[][2] = {
+		{ "{\"op\":\"pub\",\"stream\":\"s\",\"data\":99999999999999999999}",
+		  "99999999999999999999" },
+		{ "{\"op\":\"pub\",\"stream\":\"s\",\"data\":{\"a\":1,\"a\":2}}",
+		  "{\"a\":1,\"a\":2}" },
+	};
+	struct proto_request pr;
 	size_t depth = 10000;
 	char *deep;
 
@@ -632,6 +640,11 @@ START_TEST(test_parse_hostile)
 		ck_parse_err_prefix(nums[i], strlen(nums[i]), "bad_json", "invalid JSON at column ");
 	for (size_t i = 0; i < sizeof(dups) / sizeof(dups[0]); i++)
 		ck_parse_err_prefix(dups[i], strlen(dups[i]), "bad_json", "invalid JSON at column ");
+	for (size_t i = 0; i < sizeof(passed) / sizeof(passed[0]); i++) {
+		ck_parse_ok(passed[i][0], &pr);
+		ck_data_eq(pr.msgs[0], passed[i][1]);
+		proto_request_free(&pr);
+	}
 
 	/* 10,000-deep nesting, unterminated, balanced, and inside data. */
 	deep = t_rep('[', depth);

@@ -188,6 +188,7 @@ static struct {
     /* per n */
     uint8_t  *st;
     uint16_t *tries;
+    uint8_t  *uncertain;   /* an attempt got indeterminate or no reply */
     uint64_t *okid_ms;  uint32_t *okid_seq;
     uint64_t *did_ms;   uint32_t *did_seq;
     long long *retry_at;
@@ -207,7 +208,7 @@ static struct {
          err_other, noreply, rid_mismatch, stray_reply, foreign, ack_sent,
          ack_zero, ack_err, ack_unavail, sub_err, in_use, peer_closes, unexpected_closes,
          our_kills, unacked_at_kill, connect_fail, stall_closes, id_changed,
-         okid_mismatch, bye_ok, bye_missing, bye_other, faults, deliveries[NGROUPS];
+         okid_mismatch, false_not_stored, bye_ok, bye_missing, bye_other, faults, deliveries[NGROUPS];
     long long max_in_use_ms;
     char notes[NOTES_MAX];
     size_t notes_len;
@@ -446,6 +447,7 @@ static void conn_close(struct conn *c, int by_us, const char *why)
         struct pend *p = &c->q[(c->qhead + i) % c->qcap];
         if (p->kind == P_PUB && C.st[p->n] == ST_INFLIGHT) {
             C.noreply++;
+            C.uncertain[p->n] = 1;
             pub_retry_later(p->n);
         }
     }
@@ -544,8 +546,18 @@ static void on_pub_reply(struct conn *c, long n, json_t *j)
             pub_retry_later(n);
             return;
         }
-        if (json_is_true(json_object_get(j, "dup")))
+        if (json_is_true(json_object_get(j, "dup"))) {
             C.pub_dup++;
+            /* Stored by an earlier attempt: one whose answer was lost or
+             * indeterminate.  Any other error promised "not stored". */
+            if (!C.uncertain[n]) {
+                C.false_not_stored++;
+                NOTE_LIMITED(C.false_not_stored,
+                             "pub m%ld: dup:true after %u attempt(s) none of which was "
+                             "indeterminate or unanswered: an error reply said not stored, "
+                             "but it was", n, C.tries[n]);
+            }
+        }
         if (C.st[n] == ST_OK)
             return;             /* cannot happen: one pub per n in flight */
         if (C.okid_ms[n] && (C.okid_ms[n] != ms || C.okid_seq[n] != seq)) {
@@ -561,8 +573,10 @@ static void on_pub_reply(struct conn *c, long n, json_t *j)
     const char *e = json_string_value(json_object_get(j, "error"));
     if (e && strcmp(e, "unavailable") == 0)
         C.err_unavail++;
-    else if (e && strcmp(e, "indeterminate") == 0)
+    else if (e && strcmp(e, "indeterminate") == 0) {
         C.err_indet++;
+        C.uncertain[n] = 1;
+    }
     else if (e && strcmp(e, "overloaded") == 0)
         C.err_overload++;
     else {
@@ -909,10 +923,10 @@ static void fault_init(void)
         return;
     case S_DAEMON_KILL9:
     case S_REDIS_RESTART:
-        F.planned = opt_seconds / 15 > 1 ? opt_seconds / 15 : 1;
+        F.planned = opt_seconds / 8 > 1 ? opt_seconds / 8 : 1;
         break;
     default:
-        F.planned = opt_seconds / 20 > 1 ? opt_seconds / 20 : 1;
+        F.planned = opt_seconds / 10 > 1 ? opt_seconds / 10 : 1;
         break;
     }
     fault_schedule();
@@ -1135,6 +1149,7 @@ static void tick(int wait_ms)
     for (int i = 0; i < C.nconns; i++) {
         struct conn *c = &C.c[i];
         if (c->fd >= 0 && c->qlen && now - c->q[c->qhead].t > REPLY_STALL_MS) {
+            /* conn_close() counts its pubs as unanswered (uncertain). */
             C.stall_closes++;
             note("%s: no reply for %d ms (%zu requests waiting): closing it",
                  c->hname, REPLY_STALL_MS, c->qlen);
@@ -1365,13 +1380,14 @@ static void alloc_state(void)
     C.cap = cap;
     C.st = calloc((size_t)cap, 1);
     C.tries = calloc((size_t)cap, sizeof *C.tries);
+    C.uncertain = calloc((size_t)cap, 1);
     C.okid_ms = calloc((size_t)cap, sizeof *C.okid_ms);
     C.okid_seq = calloc((size_t)cap, sizeof *C.okid_seq);
     C.did_ms = calloc((size_t)cap, sizeof *C.did_ms);
     C.did_seq = calloc((size_t)cap, sizeof *C.did_seq);
     C.retry_at = calloc((size_t)cap, sizeof *C.retry_at);
     C.rq = calloc((size_t)cap, sizeof *C.rq);
-    ck_assert(C.st && C.tries && C.okid_ms && C.okid_seq && C.did_ms && C.did_seq &&
+    ck_assert(C.st && C.tries && C.uncertain && C.okid_ms && C.okid_seq && C.did_ms && C.did_seq &&
               C.retry_at && C.rq);
     for (int g = 0; g < NGROUPS; g++) {
         C.deliv[g] = calloc((size_t)cap, sizeof *C.deliv[g]);
@@ -1551,9 +1567,10 @@ static void scenario(int sid)
            C.connect_fail, C.in_use, C.max_in_use_ms, C.ack_sent, C.ack_zero, C.ack_unavail, C.ack_err,
            C.sub_err, C.stall_closes, C.bye_ok, C.bye_missing);
     printf("chaos[%s]: stored but never confirmed %ld of %ld unconfirmed; ok without dedup key %ld, "
-           "ok id differs from dedup %ld, stored twice %ld, two ok ids %ld, rid mismatches %ld; %.1f s\n",
+           "ok id differs from dedup %ld, stored twice %ld, two ok ids %ld, error but stored %ld, "
+           "rid mismatches %ld; %.1f s\n",
            C.name, R.stored_unconfirmed, R.never_confirmed, R.ok_no_dedup, R.ok_id_differs,
-           C.id_changed, C.okid_mismatch, C.rid_mismatch, secs);
+           C.id_changed, C.okid_mismatch, C.false_not_stored, C.rid_mismatch, secs);
     fflush(stdout);
     write_result(&R, secs);
 
