@@ -44,6 +44,7 @@ int redis_cmd(struct redis_link *l, redis_cb *cb, void *arg, const char *fmt, ..
 void redis_configure(const struct config *cfg);
 /* Number of links connected or connecting. */
 int redis_link_count(void);
+void redis_cleanup(void);
 
 /* Reply helpers. */
 int redis_reply_is_error(const redisReply *r);

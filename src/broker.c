@@ -130,13 +130,20 @@ static void sub_free(struct sub *s);
 
 /* ---- small helpers ---- */
 
+/* One per request waiting for Redis: freed ones are kept for reuse. */
+#define BROKER_PENDING_CACHE 4096
+static struct pending *pending_cache[BROKER_PENDING_CACHE];
+static size_t pending_ncached;
+
 static struct pending *
 pending_new(struct conn *c, uint64_t seq, json_t *rid)
 {
-	struct pending *p = calloc(1, sizeof(*p));
+	struct pending *p = pending_ncached > 0 ? pending_cache[--pending_ncached] :
+	    malloc(sizeof(*p));
 
 	if (p == NULL)
 		return NULL;
+	memset(p, 0, sizeof(*p));
 	p->conn_id = c ? c->id : 0;
 	p->seq = seq;
 	p->rid = json_incref(rid);
@@ -150,7 +157,10 @@ pending_free(struct pending *p)
 	json_decref(p->rid);
 	json_decref(p->result);
 	free(p->text);
-	free(p);
+	if (pending_ncached < BROKER_PENDING_CACHE)
+		pending_cache[pending_ncached++] = p;
+	else
+		free(p);
 }
 
 static void
@@ -924,7 +934,9 @@ pub_format(struct pending *p, const redisReply *r)
 {
 	proto_ok_begin(B.scratch, p->rid);
 	if (r->type == REDIS_REPLY_STRING) {		/* plain XADD */
-		evbuffer_add_printf(B.scratch, ",\"id\":\"%s\"", r->str);
+		evbuffer_add(B.scratch, ",\"id\":\"", 7);
+		evbuffer_add(B.scratch, r->str, r->len);
+		evbuffer_add(B.scratch, "\"", 1);
 	} else if (r->type == REDIS_REPLY_ARRAY && !p->batch && r->elements == 1) {
 		const redisReply *e = r->element[0];
 		evbuffer_add_printf(B.scratch, ",\"id\":\"%s\"%s", e->element[0]->str,
@@ -2111,6 +2123,8 @@ broker_free(void)
 		free(s);
 	}
 	idmap_free(&B.subs);
+	while (pending_ncached > 0)
+		free(pending_cache[--pending_ncached]);
 	free(B.live_prefix);
 	free(B.live_key);
 	if (B.scratch != NULL)

@@ -20,6 +20,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "redis.h"
 #include "util.h"
 
 #define MAIN_STOP_POLL_MS 20
@@ -280,6 +281,7 @@ out:
 	/* Run the deferred frees (connections, Redis links). */
 	event_base_loop(M.base, EVLOOP_NONBLOCK);
 	event_base_free(M.base);
+	redis_cleanup();
 	config_free(M.cfg);
 	auth_free(M.auth);
 	return rc;

@@ -178,10 +178,18 @@ proto_skip_ws(const char *p, const char *end)
 static const char *
 proto_skip_string(const char *p, const char *end)
 {
-	for (p++; p < end && *p != '"'; p++)
-		if (*p == '\\')
-			p++;
-	return p < end ? p + 1 : end;
+	for (p++; p < end;) {
+		const char *q = memchr(p, '"', (size_t)(end - p)), *b;
+		if (q == NULL)
+			return end;
+		/* escaped if preceded by an odd run of backslashes */
+		for (b = q; b > p && b[-1] == '\\'; b--)
+			;
+		if ((q - b) % 2 == 0)
+			return q + 1;
+		p = q + 1;
+	}
+	return end;
 }
 
 static const char *
@@ -201,7 +209,8 @@ proto_skip_value(const char *p, const char *end)
 				depth--;
 			p++;
 			if (depth == 0)	/* a scalar: up to a delimiter */
-				while (p < end && strchr(",}] \t\r\n", *p) == NULL)
+				while (p < end && *p != ',' && *p != '}' && *p != ']' &&
+				    *p != ' ' && *p != '\t' && *p != '\r' && *p != '\n')
 					p++;
 		}
 	} while (depth > 0);
@@ -831,15 +840,47 @@ proto_notice_bye(struct evbuffer *out, const char *reason)
 	proto_end(out);
 }
 
+/* Decimal digits of v at p; returns the length. */
+static size_t
+proto_utoa(char *p, unsigned long long v)
+{
+	char tmp[24];
+	size_t n = 0, i;
+
+	do
+		tmp[n++] = (char)('0' + v % 10);
+	while ((v /= 10) != 0);
+	for (i = 0; i < n; i++)
+		p[i] = tmp[n - 1 - i];
+	return n;
+}
+
+#define PROTO_PUT(lit) (memcpy(h + n, lit, sizeof(lit) - 1), n += sizeof(lit) - 1)
+
+/* The hot path of consumers: one buffer for the fixed part, no printf.
+ * Stream and group names are [A-Za-z0-9_.:-] (validated), so they need no
+ * escaping; type and source may come from anyone and are escaped. */
 void
 proto_encode_delivery(struct evbuffer *out, const struct proto_delivery *d)
 {
-	evbuffer_add_printf(out, "{\"op\":\"msg\",\"sub\":%ld,\"stream\":", d->sub);
-	proto_put_string(out, d->stream, strlen(d->stream));
-	evbuffer_add(out, ",\"group\":", 9);
-	proto_put_string(out, d->group, strlen(d->group));
-	evbuffer_add_printf(out, ",\"id\":\"%s\",\"attempt\":%ld,\"ts\":%lld", d->id,
-	    d->attempt, d->ts);
+	char h[2 * CONFIG_MAX_STREAM + 200];
+	size_t n = 0, sl = strlen(d->stream), gl = strlen(d->group), il = strlen(d->id);
+
+	if (sl > CONFIG_MAX_STREAM || gl > CONFIG_MAX_STREAM || il > 44)
+		return;
+	PROTO_PUT("{\"op\":\"msg\",\"sub\":");
+	n += proto_utoa(h + n, (unsigned long long)d->sub);
+	PROTO_PUT(",\"stream\":\"");
+	memcpy(h + n, d->stream, sl), n += sl;
+	PROTO_PUT("\",\"group\":\"");
+	memcpy(h + n, d->group, gl), n += gl;
+	PROTO_PUT("\",\"id\":\"");
+	memcpy(h + n, d->id, il), n += il;
+	PROTO_PUT("\",\"attempt\":");
+	n += proto_utoa(h + n, (unsigned long long)d->attempt);
+	PROTO_PUT(",\"ts\":");
+	n += proto_utoa(h + n, (unsigned long long)d->ts);
+	evbuffer_add(out, h, n);
 	if (d->type != NULL) {
 		evbuffer_add(out, ",\"type\":", 8);
 		proto_put_string(out, d->type, d->type_len);

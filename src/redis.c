@@ -48,6 +48,34 @@ static struct redis_settings {
 
 static int redis_nlinks;
 
+/* Every command needs a call record: keep freed ones for reuse (bounded). */
+#define REDIS_CALL_CACHE 4096
+static struct redis_call *redis_call_cache[REDIS_CALL_CACHE];
+static size_t redis_ncached;
+
+static struct redis_call *
+redis_call_new(struct redis_link *l, redis_cb *cb, void *arg)
+{
+	struct redis_call *call = redis_ncached > 0 ? redis_call_cache[--redis_ncached] :
+	    malloc(sizeof(*call));
+
+	if (call != NULL) {
+		call->link = l;
+		call->cb = cb;
+		call->arg = arg;
+	}
+	return call;
+}
+
+static void
+redis_call_free(struct redis_call *call)
+{
+	if (redis_ncached < REDIS_CALL_CACHE)
+		redis_call_cache[redis_ncached++] = call;
+	else
+		free(call);
+}
+
 static void redis_schedule(struct redis_link *l, long ms);
 static void redis_lost(struct redis_link *l, const char *why);
 
@@ -62,6 +90,17 @@ redis_configure(const struct config *cfg)
 	redis_settings.password = cfg->redis.password ? strdup(cfg->redis.password) : NULL;
 	redis_settings.db = cfg->redis.db;
 	redis_settings.connect_timeout_ms = cfg->connect_timeout_ms;
+}
+
+/* At exit: give the cached call records back. */
+void
+redis_cleanup(void)
+{
+	while (redis_ncached > 0)
+		free(redis_call_cache[--redis_ncached]);
+	free(redis_settings.user);
+	free(redis_settings.password);
+	redis_settings.user = redis_settings.password = NULL;
 }
 
 int
@@ -106,7 +145,7 @@ redis_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 	metrics.redis_inflight--;
 	if (call->cb != NULL)
 		call->cb(r, call->arg);
-	free(call);
+	redis_call_free(call);
 }
 
 static int
@@ -115,13 +154,10 @@ redis_send(struct redis_link *l, redis_cb *cb, void *arg, int argc,
 {
 	struct redis_call *call;
 
-	if (l->ac == NULL || (call = malloc(sizeof(*call))) == NULL)
+	if (l->ac == NULL || (call = redis_call_new(l, cb, arg)) == NULL)
 		return -1;
-	call->link = l;
-	call->cb = cb;
-	call->arg = arg;
 	if (redisAsyncCommandArgv(l->ac, redis_reply_cb, call, argc, argv, argvlen) != REDIS_OK) {
-		free(call);
+		redis_call_free(call);
 		return -1;
 	}
 	l->inflight++;
@@ -145,16 +181,13 @@ redis_cmd(struct redis_link *l, redis_cb *cb, void *arg, const char *fmt, ...)
 	va_list ap;
 	int rc;
 
-	if (l->state != REDIS_UP || (call = malloc(sizeof(*call))) == NULL)
+	if (l->state != REDIS_UP || (call = redis_call_new(l, cb, arg)) == NULL)
 		return -1;
-	call->link = l;
-	call->cb = cb;
-	call->arg = arg;
 	va_start(ap, fmt);
 	rc = redisvAsyncCommand(l->ac, redis_reply_cb, call, fmt, ap);
 	va_end(ap);
 	if (rc != REDIS_OK) {
-		free(call);
+		redis_call_free(call);
 		return -1;
 	}
 	l->inflight++;
