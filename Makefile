@@ -4,9 +4,9 @@
 PREFIX   ?= /usr/local
 DESTDIR  ?=
 CC       ?= cc
-PKGS     := libevent hiredis jansson libmicrohttpd inih
+PKGS     := libevent hiredis jansson libmicrohttpd inih libsystemd
 DEB_PKGS := build-essential pkg-config libevent-dev libhiredis-dev \
-            libjansson-dev libmicrohttpd-dev check libinih-dev \
+            libjansson-dev libmicrohttpd-dev check libinih-dev libsystemd-dev \
             redis-server redis-tools mandoc
 SANITIZE ?=
 

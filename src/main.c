@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <systemd/sd-daemon.h>
 
 #include "auth.h"
 #include "broker.h"
@@ -32,6 +33,9 @@ static struct {
 	const char        *path;	/* -c, or NULL for the default */
 	const char        *listen, *metrics, *redis;	/* overrides */
 	struct event      *stop_timer;
+	struct event      *notify_timer;	/* systemd: READY, STATUS, WATCHDOG */
+	int                ready;
+	uint64_t           watchdog_usec;
 	uint64_t           stop_deadline_ns;
 	int                stop_phase;	/* 0 running, 1 draining, 2 closing */
 } M;
@@ -115,6 +119,7 @@ main_stop(void)
 	if (M.stop_phase != 0)
 		return;
 	log_info("main", 0, "stopping: %zu connections", conn_count());
+	sd_notify(0, "STOPPING=1");
 	M.stop_phase = 1;
 	M.stop_deadline_ns = util_now_ns() + (uint64_t)M.cfg->shutdown_timeout_ms * 1000000ull;
 	conn_stop_listening();
@@ -122,6 +127,41 @@ main_stop(void)
 	broker_stop_delivering();
 	M.stop_timer = evtimer_new(M.base, main_stop_step, NULL);
 	main_stop_step(-1, 0, NULL);
+}
+
+/* ---- systemd (sd_notify is a no-op when not run by systemd) ---- */
+
+#define MAIN_NOTIFY_MS 1000
+
+static void
+main_notify(evutil_socket_t fd, short what, void *arg)
+{
+	struct timeval tv = { 0, 250 * 1000 };
+
+	(void)fd;
+	(void)what;
+	(void)arg;
+	/* Ready once listening (done before the loop) and Redis answered. */
+	if (!M.ready && broker_redis_up()) {
+		M.ready = 1;
+		sd_notify(0, "READY=1");
+		log_info("main", 0, "ready");
+	}
+	if (M.ready) {
+		sd_notifyf(0, "STATUS=%zu connections, Redis %s, %llu requests",
+		    conn_count(), broker_redis_up() ? "up" : "DOWN",
+		    (unsigned long long)metrics.requests);
+		tv.tv_sec = MAIN_NOTIFY_MS / 1000;
+		tv.tv_usec = 0;
+	}
+	if (M.watchdog_usec > 0)
+		sd_notify(0, "WATCHDOG=1");
+	if (M.watchdog_usec > 0 && M.watchdog_usec / 2 < (uint64_t)tv.tv_sec * 1000000 +
+	    (uint64_t)tv.tv_usec) {
+		tv.tv_sec = (time_t)(M.watchdog_usec / 2 / 1000000);
+		tv.tv_usec = (suseconds_t)(M.watchdog_usec / 2 % 1000000);
+	}
+	evtimer_add(M.notify_timer, &tv);
 }
 
 /* ---- reload ---- */
@@ -134,7 +174,9 @@ main_reload(void)
 	struct config *ncfg = main_load_config(&nauth, err, sizeof(err));
 	struct config *old = M.cfg;
 
+	sd_notify(0, "RELOADING=1");
 	if (ncfg == NULL) {
+		sd_notify(0, "READY=1");
 		log_err("main", 0, "reload failed, keeping the running configuration: %s", err);
 		return;
 	}
@@ -162,6 +204,7 @@ main_reload(void)
 	M.cfg = ncfg;
 	config_free(old);
 	log_info("main", 0, "configuration reloaded");
+	sd_notify(0, "READY=1");
 }
 
 static void
@@ -267,6 +310,13 @@ main(int argc, char **argv)
 		}
 	}
 	log_info("main", 0, "streambusd %s started (pid %d)", STREAMBUS_VERSION, (int)getpid());
+	if (sd_watchdog_enabled(0, &M.watchdog_usec) <= 0)
+		M.watchdog_usec = 0;
+	if ((M.notify_timer = evtimer_new(M.base, main_notify, NULL)) == NULL) {
+		rc = 1;
+		goto out;
+	}
+	main_notify(-1, 0, NULL);
 	event_base_dispatch(M.base);
 	log_info("main", 0, "stopped");
 	for (int i = 0; signums[i] != 0; i++)
@@ -274,6 +324,8 @@ main(int argc, char **argv)
 out:
 	if (M.stop_timer != NULL)
 		event_free(M.stop_timer);
+	if (M.notify_timer != NULL)
+		event_free(M.notify_timer);
 	http_stop();
 	conn_stop_listening();
 	conn_free_all();
