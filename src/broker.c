@@ -58,6 +58,7 @@ struct group {
 	char               *name;
 	char               *delay_key;	/* nack delays: id -> due ms */
 	char               *owners_key;	/* consumer -> daemon holding it */
+	char               *fails_key;	/* entry -> times and causes of failures */
 	struct redis_link  *reader;
 	int                 reading;
 	uint64_t            read_uid;	/* sub the running read is for */
@@ -359,10 +360,14 @@ group_get(struct stream *s, const char *name)
 	g->delay_key = broker_key(s->name, suffix);
 	snprintf(suffix, sizeof(suffix), ":owners:%s", name);
 	g->owners_key = broker_key(s->name, suffix);
-	if (g->name == NULL || g->delay_key == NULL || g->owners_key == NULL) {
+	snprintf(suffix, sizeof(suffix), ":fails:%s", name);
+	g->fails_key = broker_key(s->name, suffix);
+	if (g->name == NULL || g->delay_key == NULL || g->owners_key == NULL ||
+	    g->fails_key == NULL) {
 		free(g->name);
 		free(g->delay_key);
 		free(g->owners_key);
+		free(g->fails_key);
 		free(g);
 		return NULL;
 	}
@@ -549,14 +554,14 @@ static void release_done(redisReply *r, void *arg);
 
 static void
 broker_release(struct group *g, const char *consumer, const char **ids, size_t n,
-    int64_t due_ms, const char *retry, struct pending *p)
+    int64_t due_ms, const char *retry, const char *why, struct pending *p)
 {
 	char due[24];
 	const char **argv;
 
 	if (p == NULL && (p = pending_new(NULL, 0, NULL)) == NULL)
 		return;
-	argv = malloc((BROKER_RELEASE_CHUNK + 8) * sizeof(*argv));
+	argv = malloc((BROKER_RELEASE_CHUNK + 10) * sizeof(*argv));
 	if (argv == NULL) {
 		pending_error(p, "overloaded", "out of memory");
 		pending_free(p);
@@ -571,14 +576,16 @@ broker_release(struct group *g, const char *consumer, const char **ids, size_t n
 		argv[argc++] = g->stream->key;
 		argv[argc++] = g->stream->dlq_key;
 		argv[argc++] = g->delay_key;
+		argv[argc++] = g->fails_key;
 		argv[argc++] = "release";
 		argv[argc++] = g->name;
 		argv[argc++] = consumer;
 		argv[argc++] = due;
 		argv[argc++] = retry;
+		argv[argc++] = why;
 		for (size_t i = 0; i < k; i++)
 			argv[argc++] = ids[off + i];
-		if (broker_script(release_done, p, 3, argc, argv, NULL) != 0)
+		if (broker_script(release_done, p, 4, argc, argv, NULL) != 0)
 			release_done(NULL, p);
 	}
 	free(argv);
@@ -633,9 +640,10 @@ sub_inflight_ids(struct sub *s, char **block, const char ***ids)
 	return k;
 }
 
-/* Unlink and free; its unacknowledged entries go back to the group. */
+/* Unlink and free; its unacknowledged entries go back to the group.  why
+ * is noted in their failure log. */
 static void
-sub_close(struct sub *s, struct pending *p)
+sub_close(struct sub *s, struct pending *p, const char *why)
 {
 	struct group *g = s->group;
 	char *block = NULL;
@@ -643,7 +651,7 @@ sub_close(struct sub *s, struct pending *p)
 	size_t n = sub_inflight_ids(s, &block, &ids);
 
 	if (n > 0)
-		broker_release(g, s->consumer, ids, n, 0, "", p);
+		broker_release(g, s->consumer, ids, n, 0, "", why, p);
 	else if (p != NULL) {
 		pending_ok(p);
 		pending_free(p);
@@ -734,7 +742,7 @@ group_hand_out(struct group *g, uint64_t uid, const char *consumer,
 			    e->element[claimed ? 2 : 1]);
 	}
 	if (norphans > 0)
-		broker_release(g, consumer, orphans, norphans, 0, claimed ? "" : "0", NULL);
+		broker_release(g, consumer, orphans, norphans, 0, claimed ? "" : "0", "", NULL);
 	free(orphans);
 }
 
@@ -872,10 +880,10 @@ group_sweep(struct group *g)
 	snprintf(scan, sizeof(scan), "%d", BROKER_CLAIM_SCAN);
 	{
 		const char *argv[] = { g->stream->key, g->stream->dlq_key, g->delay_key,
-		    "claim", g->name, s->consumer, min_idle, count, maxatt, now,
+		    g->fails_key, "claim", g->name, s->consumer, min_idle, count, maxatt, now,
 		    s->recovering ? s->consumer : "", scan,
 		    s->recovering ? s->recover_from : "-" };
-		if (broker_script(claim_done, p, 3, 13, argv, NULL) != 0) {
+		if (broker_script(claim_done, p, 4, 14, argv, NULL) != 0) {
 			pending_free(p);
 			return;
 		}
@@ -1439,27 +1447,23 @@ sub_kick(struct sub *s)
 	sub_can_take(s);
 }
 
+/* HEAD... IDS... TAIL... on the command link. */
 static int
-sub_cmd_ids(struct sub *s, redis_cb *cb, struct pending *p, const char *cmd,
-    const char **ids, size_t n, const char **tail, int ntail)
+broker_cmd_ids(redis_cb *cb, void *arg, const char **head, int nhead, const char **ids,
+    size_t n, const char **tail, int ntail)
 {
-	const char **argv = malloc((n + 4 + ntail) * sizeof(*argv));
+	const char **argv = malloc((n + (size_t)nhead + (size_t)ntail) * sizeof(*argv));
 	int argc = 0, rc;
 
 	if (argv == NULL)
 		return -1;
-	argv[argc++] = cmd;
-	argv[argc++] = s->group->stream->key;
-	argv[argc++] = s->group->name;
-	if (tail != NULL && strcmp(cmd, "XCLAIM") == 0) {
-		argv[argc++] = s->consumer;
-		argv[argc++] = "0";
-	}
+	for (int i = 0; i < nhead; i++)
+		argv[argc++] = head[i];
 	for (size_t i = 0; i < n; i++)
 		argv[argc++] = ids[i];
 	for (int i = 0; i < ntail; i++)
 		argv[argc++] = tail[i];
-	rc = redis_cmd_argv(B.cmd, cb, p, argc, argv, NULL);
+	rc = redis_cmd_argv(B.cmd, cb, arg, argc, argv, NULL);
 	free(argv);
 	return rc;
 }
@@ -1517,7 +1521,7 @@ broker_nack(struct conn *c, struct sub *s, struct pending *p, struct proto_reque
 	}
 	if (req->dead) {
 		char now[24];
-		const char **argv = malloc((req->nids + 7) * sizeof(*argv));
+		const char **argv = malloc((req->nids + 8) * sizeof(*argv));
 		int argc = 0;
 		if (argv == NULL) {
 			pending_error(p, "overloaded", "out of memory");
@@ -1528,20 +1532,27 @@ broker_nack(struct conn *c, struct sub *s, struct pending *p, struct proto_reque
 		argv[argc++] = st->key;
 		argv[argc++] = st->dlq_key;
 		argv[argc++] = s->group->delay_key;
+		argv[argc++] = s->group->fails_key;
 		argv[argc++] = "dead";
 		argv[argc++] = s->group->name;
 		argv[argc++] = req->reason ? req->reason : "nack";
 		argv[argc++] = now;
 		for (size_t i = 0; i < req->nids; i++)
 			argv[argc++] = req->ids[i];
-		if (broker_script(dead_done, p, 3, argc, argv, NULL) != 0)
+		if (broker_script(dead_done, p, 4, argc, argv, NULL) != 0)
 			dead_done(NULL, p);
 		free(argv);
 	} else {
 		if (delay < 0)
 			delay = nack_delay_ms(&st->conf, attempt);
+		char why[PROTO_MAX_REASON + 8];
+		snprintf(why, sizeof(why), "nack%s%s", req->reason ? " " : "",
+		    req->reason ? req->reason : "");
+		for (char *q = why; *q; q++)	/* the log separates with ',' */
+			if (*q == ',')
+				*q = ';';
 		broker_release(s->group, s->consumer, req->ids, req->nids,
-		    delay > 0 ? util_wall_ms() + delay : 0, "", p);
+		    delay > 0 ? util_wall_ms() + delay : 0, "", why, p);
 	}
 	(void)c;
 	sub_kick(s);
@@ -1552,7 +1563,11 @@ broker_sub_op(struct conn *c, uint64_t seq, struct proto_request *req)
 {
 	struct sub *s = conn_sub(c, req->sub);
 	struct pending *p;
-	static const char *touch_tail[] = { "JUSTID" };
+	static const char *justid[] = { "JUSTID" };
+	const char *xack[] = { "XACK", s ? s->group->stream->key : "", s ? s->group->name : "" };
+	const char *hdel[] = { "HDEL", s ? s->group->fails_key : "" };
+	const char *xclaim[] = { "XCLAIM", s ? s->group->stream->key : "",
+	    s ? s->group->name : "", s ? s->consumer : "", "0" };
 
 	if (s == NULL) {
 		reply_error(c, seq, req->rid, "no_such_sub", "no live subscription with that number");
@@ -1565,7 +1580,7 @@ broker_sub_op(struct conn *c, uint64_t seq, struct proto_request *req)
 	p->group = s->group;
 	p->sub_uid = s->uid;
 	if (req->op == OP_UNSUB) {
-		sub_close(s, p);
+		sub_close(s, p, "unsub");
 		return;
 	}
 	if (!redis_link_up(B.cmd)) {
@@ -1576,13 +1591,15 @@ broker_sub_op(struct conn *c, uint64_t seq, struct proto_request *req)
 	switch (req->op) {
 	case OP_ACK:
 		sub_forget(s, req->ids, req->nids, 1);
-		if (sub_cmd_ids(s, ack_done, p, "XACK", req->ids, req->nids, NULL, 0) != 0)
+		if (broker_cmd_ids(ack_done, p, xack, 3, req->ids, req->nids, NULL, 0) != 0)
 			ack_done(NULL, p);
+		else	/* acknowledged entries need no failure log */
+			broker_cmd_ids(NULL, NULL, hdel, 2, req->ids, req->nids, NULL, 0);
 		sub_kick(s);
 		break;
 	case OP_TOUCH:
 		sub_touch(s, req->ids, req->nids);
-		if (sub_cmd_ids(s, touch_done, p, "XCLAIM", req->ids, req->nids, touch_tail, 1) != 0)
+		if (broker_cmd_ids(touch_done, p, xclaim, 5, req->ids, req->nids, justid, 1) != 0)
 			touch_done(NULL, p);
 		break;
 	case OP_NACK:
@@ -1912,7 +1929,7 @@ void
 broker_conn_closed(struct conn *c)
 {
 	while (c->subs != NULL)
-		sub_close(c->subs, NULL);
+		sub_close(c->subs, NULL, B.stopping ? "shutdown" : "disconnect");
 }
 
 void
@@ -2114,6 +2131,7 @@ broker_free(void)
 			free(g->name);
 			free(g->delay_key);
 			free(g->owners_key);
+			free(g->fails_key);
 			free(g->read_consumer);
 			free(g);
 		}

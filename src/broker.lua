@@ -2,8 +2,10 @@
 -- SCRIPT LOAD has answered).  Each mode touches only the keys it declares,
 -- all of one stream (one hash slot in a cluster).
 --   pub:     KEYS stream, dedup keys...   ARGV pub window n {msgid nf fields...}...
+-- (claim, release and dead also take KEYS[4], the group's failure log:
+--  entry id -> "ms:what,ms:what,..", copied into the dead letter)
 --   claim:   KEYS stream dlq delayset     ARGV claim group consumer min_idle count max_attempts now owner scan start
---   release: KEYS stream dlq delayset     ARGV release group consumer due retry ids...
+--   release: KEYS stream dlq delayset     ARGV release group consumer due retry why ids...
 --   dead:    KEYS stream dlq delayset     ARGV dead group reason now ids...
 --   retain:  KEYS stream                  ARGV retain - maxlen
 --   own:     KEYS stream owners           ARGV own group consumer me from liveprefix
@@ -142,6 +144,16 @@ end
 
 -- Move one pending entry to the dead-letter stream and acknowledge it, in
 -- this one script: it is always in exactly one of the two places.
+-- The time and cause of each failed attempt of an entry, kept until it is
+-- acknowledged or dead-lettered (a day at most without news).
+local function note(id, what, now)
+  local log = redis.call('HGET', KEYS[4], id)
+  local item = now .. ':' .. what
+  if log and #log < 2000 then log = log .. ',' .. item else log = item end
+  redis.call('HSET', KEYS[4], id, log)
+  redis.call('PEXPIRE', KEYS[4], 86400000)
+end
+
 local function bury(id, attempts, reason, now)
   local e = redis.call('XRANGE', KEYS[1], id, id)
   local args = {KEYS[2], '*'}
@@ -149,11 +161,13 @@ local function bury(id, attempts, reason, now)
     for _, v in ipairs(e[1][2]) do args[#args + 1] = v end
   end
   local meta = {'origin_id', id, 'group', group, 'attempts', tostring(attempts),
-                'reason', reason, 'dead_at', now}
+                'reason', reason, 'dead_at', now,
+                'failures', redis.call('HGET', KEYS[4], id) or ''}
   for _, v in ipairs(meta) do args[#args + 1] = v end
   redis.call('XADD', unpack(args))
   redis.call('XACK', KEYS[1], group, id)
   redis.call('ZREM', KEYS[3], id)
+  redis.call('HDEL', KEYS[4], id)
 end
 
 if mode == 'claim' then
@@ -171,6 +185,9 @@ if mode == 'claim' then
     last = id
     local due = redis.call('ZSCORE', KEYS[3], id)
     if not due or tonumber(due) <= tonumber(now) then
+      -- released entries had their cause noted when released
+      if ARGV[8] ~= '' then note(id, 'reconnect', now)
+      elseif p[3] < 1000000000 then note(id, 'timeout', now) end
       if n >= maxatt then
         bury(id, n, 'max_attempts', now)
         dead = dead + 1
@@ -191,13 +208,18 @@ if mode == 'release' then
   -- retry: entries read for a consumer that left before they reached it
   -- were never delivered; RETRYCOUNT undoes that count.
   local args = {KEYS[1], group, ARGV[3], 0}
-  for i = 6, #ARGV do args[#args + 1] = ARGV[i] end
+  for i = 7, #ARGV do args[#args + 1] = ARGV[i] end
   for _, v in ipairs({'IDLE', '1000000000', 'JUSTID'}) do args[#args + 1] = v end
   if ARGV[5] ~= '' then
     args[#args + 1] = 'RETRYCOUNT'
     args[#args + 1] = ARGV[5]
   end
   local got = redis.call('XCLAIM', unpack(args))
+  if ARGV[6] ~= '' then
+    local now = redis.call('TIME')
+    local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+    for _, id in ipairs(got) do note(id, ARGV[6], ms) end
+  end
   if tonumber(ARGV[4]) > 0 then
     for _, id in ipairs(got) do redis.call('ZADD', KEYS[3], ARGV[4], id) end
   end
