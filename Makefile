@@ -95,7 +95,7 @@ integration: all $(INTEG_TESTS)
 
 check: deps
 	@$(MAKE) --no-print-directory all $(TESTS)
-	@$(MAKE) --no-print-directory unit integration
+	@$(MAKE) --no-print-directory unit integration check-ops
 
 CHAOS := tests/chaos/chaos
 $(CHAOS): tests/chaos/chaos.c tests/harness.o $(CORE_OBJS) $(CLIENT_OBJS) $(wildcard include/*.h tests/*.h)
@@ -122,3 +122,67 @@ src/broker_lua.h: src/broker.lua
 
 src/broker.o: src/broker_lua.h
 .SECONDARY:
+
+# ---- Operations: install, uninstall, check-ops ------------------------------
+# `make install` puts the two programs in $(BINDIR), the man pages in
+# $(MANDIR), the systemd unit in $(SYSTEMDUNITDIR) (with ExecStart and the
+# configuration path rewritten for BINDIR and SYSCONFDIR), the Prometheus
+# alerts and Grafana dashboard in $(DATADIR), and etc/streambus.conf as
+# $(SYSCONFDIR)/streambus/streambus.conf unless that file already exists: an
+# installed configuration is never overwritten.  `make uninstall` removes the
+# same files, and the configuration only while it is unmodified.  Both honour
+# PREFIX and DESTDIR.  The configuration stays under /etc by default, because
+# that is where streambusd looks without -c.
+BINDIR         ?= $(PREFIX)/bin
+SYSCONFDIR     ?= /etc
+MANDIR         ?= $(PREFIX)/share/man
+DATADIR        ?= $(PREFIX)/share/streambus
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+OPS_CONF       := $(DESTDIR)$(SYSCONFDIR)/streambus/streambus.conf
+OPS_MANPAGES   := $(wildcard man/*.[1-8])
+OPS_DATA       := etc/streambus-alerts.yml etc/grafana-dashboard.json
+
+install: src/streambusd src/streambus-cli
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(DATADIR) \
+	  $(DESTDIR)$(SYSCONFDIR)/streambus
+	install -m 0755 src/streambusd src/streambus-cli $(DESTDIR)$(BINDIR)/
+	@if [ -e $(OPS_CONF) ]; then \
+	  echo "install: keeping the existing $(OPS_CONF)"; \
+	else \
+	  echo "install -m 0644 etc/streambus.conf $(OPS_CONF)"; \
+	  install -m 0644 etc/streambus.conf $(OPS_CONF); \
+	fi
+	sed -e 's|/usr/local/bin/streambusd|$(BINDIR)/streambusd|g' \
+	    -e 's|/etc/streambus/|$(SYSCONFDIR)/streambus/|g' \
+	    systemd/streambusd.service > $(DESTDIR)$(SYSTEMDUNITDIR)/streambusd.service.tmp
+	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/streambusd.service.tmp
+	mv -f $(DESTDIR)$(SYSTEMDUNITDIR)/streambusd.service.tmp $(DESTDIR)$(SYSTEMDUNITDIR)/streambusd.service
+	@for f in $(OPS_MANPAGES); do \
+	  d=$(DESTDIR)$(MANDIR)/man$${f##*.}; \
+	  echo "install -m 0644 $$f $$d/"; \
+	  install -d $$d && install -m 0644 $$f $$d/ || exit 1; \
+	done
+	install -m 0644 $(OPS_DATA) $(DESTDIR)$(DATADIR)/
+	@[ -n "$(DESTDIR)" ] || echo "install: now run: systemctl daemon-reload && systemctl enable --now streambusd"
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/streambusd $(DESTDIR)$(BINDIR)/streambus-cli \
+	  $(DESTDIR)$(SYSTEMDUNITDIR)/streambusd.service \
+	  $(addprefix $(DESTDIR)$(DATADIR)/,$(notdir $(OPS_DATA))) \
+	  $(foreach f,$(OPS_MANPAGES),$(DESTDIR)$(MANDIR)/man$(subst .,,$(suffix $(f)))/$(notdir $(f)))
+	rmdir $(DESTDIR)$(DATADIR) 2>/dev/null || true
+	@if [ ! -e $(OPS_CONF) ]; then :; \
+	elif cmp -s etc/streambus.conf $(OPS_CONF); then \
+	  echo "rm -f $(OPS_CONF)"; rm -f $(OPS_CONF); \
+	  rmdir $(DESTDIR)$(SYSCONFDIR)/streambus 2>/dev/null || true; \
+	else \
+	  echo "uninstall: keeping the modified $(OPS_CONF)"; \
+	fi
+
+# Unit file, install/uninstall, alert rules, dashboard and man pages; parts
+# whose tool is missing are skipped (systemd-analyze, promtool: not in
+# DEB_PKGS, as systemd does not belong in a container and prometheus is big).
+DEB_PKGS += jq
+.PHONY: check-ops
+check-ops: src/streambusd src/streambus-cli
+	@bash tests/ops.sh

@@ -22,6 +22,7 @@ struct stream_conf {
 	long    retry_max_ms;
 	long    prefetch;
 	long    maxlen;			/* 0 = no cap */
+	long    maxlen_hard;		/* 1: maxlen may trim entries groups need */
 	long    dedup_window_ms;
 	long    replicas;		/* durability: 0 = confirmed by Redis */
 	long    replicas_timeout_ms;
@@ -52,6 +53,7 @@ struct config {
 	long    max_batch;
 	long    output_buffer_limit;
 	long    max_pending_requests;
+	long    idle_timeout_ms;	/* 0 = never */
 	/* [metrics] */
 	char   *metrics_listen;		/* NULL = off */
 	/* [redis] */

@@ -77,6 +77,7 @@ struct stream {
 	struct stream_conf  conf;
 	struct group       *groups;
 	struct metrics_stream m;
+	int                 over_maxlen;	/* warned that groups lag */
 	struct stream      *next;
 };
 
@@ -786,9 +787,11 @@ group_fetch(struct group *g)
 		return;
 	if ((s = group_next_sub(g)) == NULL)
 		return;
+	/* Spread entries over the group's consumers: with many of them, each
+	 * read takes a small share (fair); with few, a large one (fast). */
 	n = sub_credit(s);
-	if (n > BROKER_READ_MAX)
-		n = BROKER_READ_MAX;
+	if (n > BROKER_READ_MAX / g->nsubs)
+		n = BROKER_READ_MAX / g->nsubs > 0 ? BROKER_READ_MAX / g->nsubs : 1;
 	snprintf(count, sizeof(count), "%ld", n);
 	snprintf(block, sizeof(block), "%d", BROKER_READ_BLOCK_MS);
 	g->read_consumer = strdup(s->consumer);
@@ -1693,8 +1696,16 @@ stats_done(redisReply *r, void *arg)
 	else {
 		groups = json_array();
 		if (r->type == REDIS_REPLY_ARRAY) {
-			for (size_t i = 0; i < r->elements; i++)
-				json_array_append_new(groups, stats_group_json(r->element[i]));
+			for (size_t i = 0; i < r->elements; i++) {
+				json_t *o = stats_group_json(r->element[i]);
+				const char *gname = json_string_value(json_object_get(o, "group"));
+				struct group *g = sp->stream && gname ? group_find(sp->stream, gname) : NULL;
+				/* backpressure on this daemon: subscriptions not fed */
+				if (g != NULL)
+					json_object_set_new(o, "paused",
+					    json_integer((json_int_t)g->m.paused_consumers));
+				json_array_append_new(groups, o);
+			}
 			if (sp->stream != NULL)
 				stats_update_gauges(sp->stream, r);
 		}
@@ -1797,9 +1808,18 @@ retain_done(redisReply *r, void *arg)
 	}
 	if (r->element[1]->integer > 0) {
 		st->m.trimmed_unread += (uint64_t)r->element[1]->integer;
-		log_warn("broker", 0, "%s: maxlen %ld removed %lld entries not yet acknowledged "
-		    "by every group", st->name, st->conf.maxlen, r->element[1]->integer);
-	}
+		log_warn("broker", 0, "%s: maxlen_hard: maxlen %ld removed %lld entries not yet "
+		    "acknowledged by every group", st->name, st->conf.maxlen,
+		    r->element[1]->integer);
+	} else if (st->conf.maxlen > 0 && r->element[0]->integer > st->conf.maxlen * 2 &&
+	    !st->over_maxlen) {
+		/* Said once per episode: groups lag, the stream keeps growing. */
+		st->over_maxlen = 1;
+		log_warn("broker", 0, "%s: %lld entries, over twice maxlen %ld: groups are not "
+		    "acknowledging; nothing they need is trimmed (see maxlen_hard)", st->name,
+		    r->element[0]->integer, st->conf.maxlen);
+	} else if (r->element[0]->integer <= st->conf.maxlen)
+		st->over_maxlen = 0;
 }
 
 /* Trim acknowledged entries of every stream (broker.lua "retain"). */
@@ -1809,9 +1829,10 @@ broker_retain(void)
 	char maxlen[24];
 
 	for (struct stream *s = B.streams; s != NULL; s = s->next) {
-		const char *argv[] = { s->key, "retain", "-", maxlen };
+		const char *argv[] = { s->key, "retain", "-", maxlen,
+		    s->conf.maxlen_hard ? "1" : "0" };
 		snprintf(maxlen, sizeof(maxlen), "%ld", s->conf.maxlen);
-		broker_script(retain_done, s, 1, 4, argv, NULL);
+		broker_script(retain_done, s, 1, 5, argv, NULL);
 	}
 }
 

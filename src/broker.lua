@@ -7,7 +7,7 @@
 --   claim:   KEYS stream dlq delayset     ARGV claim group consumer min_idle count max_attempts now owner scan start
 --   release: KEYS stream dlq delayset     ARGV release group consumer due retry why ids...
 --   dead:    KEYS stream dlq delayset     ARGV dead group reason now ids...
---   retain:  KEYS stream                  ARGV retain - maxlen
+--   retain:  KEYS stream                  ARGV retain - maxlen hard
 --   own:     KEYS stream owners           ARGV own group consumer me from liveprefix
 --   reap:    KEYS stream owners           ARGV reap group me liveprefix grace idle_ms live...
 local mode = ARGV[1]
@@ -47,13 +47,15 @@ end
 
 if mode == 'retain' then
   -- Trim what every group has acknowledged: below the oldest entry any
-  -- group still has pending or has not yet read.  Then the maxlen cap,
-  -- which may remove entries groups still need: those are counted.
+  -- group still has pending or has not yet read.  Then maxlen: a stream
+  -- no group reads is simply capped; with groups, only hard (maxlen_hard)
+  -- caps remove entries a group still needs, and those are counted.
   if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
-  local floor = nil
+  local floor, ngroups = nil, 0
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
     local f = {}
     for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+    ngroups = ngroups + 1
     local ms, seq = idpair(f['last-delivered-id'])
     local need = ms .. '-' .. (seq + 1)
     if f['pending'] > 0 then
@@ -62,14 +64,15 @@ if mode == 'retain' then
     end
     if floor == nil or idless(need, floor) then floor = need end
   end
-  local safe = 0
-  if floor ~= nil then safe = redis.call('XTRIM', KEYS[1], 'MINID', floor) end
-  local capped = 0
-  local maxlen = tonumber(ARGV[3])
-  if maxlen > 0 and redis.call('XLEN', KEYS[1]) > maxlen then
-    capped = redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)
+  if floor ~= nil then redis.call('XTRIM', KEYS[1], 'MINID', floor) end
+  local capped, maxlen = 0, tonumber(ARGV[3])
+  if maxlen > 0 and (ngroups == 0 or ARGV[4] == '1') and
+     redis.call('XLEN', KEYS[1]) > maxlen then
+    -- LIMIT 0: no cap on the work per call, so a fast stream keeps up
+    capped = redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen, 'LIMIT', 0)
   end
-  return {safe, capped}
+  if ngroups == 0 then capped = 0 end
+  return {redis.call('XLEN', KEYS[1]), capped}
 end
 
 local group = ARGV[2]

@@ -40,6 +40,7 @@ static const struct config_key config_keys[] = {
 	{ "server", "max_batch", KEY_LONG, S(max_batch), 1, 1000000 },
 	{ "server", "output_buffer_limit", KEY_LONG, S(output_buffer_limit), 65536, 1L << 32 },
 	{ "server", "max_pending_requests", KEY_LONG, S(max_pending_requests), 1, 1000000 },
+	{ "server", "idle_timeout_ms", KEY_LONG, S(idle_timeout_ms), 0, 86400000 },
 	{ "metrics", "listen", KEY_ADDR, S(metrics_listen), 0, 0 },
 	{ "redis", "url", KEY_URL, S(redis_url_text), 0, 0 },
 	{ "redis", "prefix", KEY_STRING, S(prefix), 0, 0 },
@@ -52,6 +53,7 @@ static const struct config_key config_keys[] = {
 	{ "stream", "retry_max_ms", KEY_LONG, T(retry_max_ms), 0, 86400000 },
 	{ "stream", "prefetch", KEY_LONG, T(prefetch), 1, 10000 },
 	{ "stream", "maxlen", KEY_LONG, T(maxlen), 0, 1L << 40 },
+	{ "stream", "maxlen_hard", KEY_LONG, T(maxlen_hard), 0, 1 },
 	{ "stream", "dedup_window_ms", KEY_LONG, T(dedup_window_ms), 1000, 86400000 },
 	{ "stream", "durability", KEY_DURABILITY, 0, 0, 0 },
 };

@@ -37,6 +37,7 @@
 #define CONN_ACCEPT_BACKOFF_MS 100	/* after EMFILE/ENFILE */
 #define CONN_DRAIN_TIMEOUT_MS  2000	/* flushing "bye" before close */
 #define CONN_MAX_LISTENERS     2
+#define CONN_IDLE_CHECK_MS     1000
 
 struct listener {
 	int           fd;
@@ -54,6 +55,7 @@ static struct {
 	size_t               count;
 	uint64_t             next_id;
 	const struct auth_table *auth;	/* NULL: no authentication */
+	struct event        *idle_timer;
 	char                 scratch[CONN_READ_CHUNK];
 	struct evbuffer     *tmp;
 } C;
@@ -63,12 +65,40 @@ static void conn_write_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_process(struct conn *c, const char *buf, size_t len);
 static void conn_update_read(struct conn *c);
 
+/* idle_timeout_ms: a connection that sent nothing for that long and holds
+ * no subscription (a consumer may wait quietly for rare events) is closed
+ * with bye "idle". */
+static void
+conn_idle_check(evutil_socket_t fd, short what, void *arg)
+{
+	uint64_t now = util_now_ns(), limit;
+	struct conn *c, *next;
+
+	(void)fd;
+	(void)what;
+	(void)arg;
+	if (C.cfg == NULL || C.cfg->idle_timeout_ms <= 0)
+		return;
+	limit = (uint64_t)C.cfg->idle_timeout_ms * 1000000ull;
+	for (c = C.all; c != NULL; c = next) {
+		next = c->next;
+		if (c->state == CONN_OPEN && c->subs == NULL &&
+		    conn_pending_replies(c) == 0 && now - c->last_active_ns > limit)
+			conn_close(c, "idle", 1);
+	}
+}
+
 int
 conn_init(struct event_base *base)
 {
+	struct timeval tv = { CONN_IDLE_CHECK_MS / 1000, 0 };
+
 	memset(&C, 0, sizeof(C));
 	C.base = base;
 	if (idmap_init(&C.byid, 16384) != 0 || (C.tmp = evbuffer_new()) == NULL)
+		return -1;
+	C.idle_timer = event_new(base, -1, EV_PERSIST, conn_idle_check, NULL);
+	if (C.idle_timer == NULL || event_add(C.idle_timer, &tv) != 0)
 		return -1;
 	return 0;
 }
@@ -721,4 +751,7 @@ conn_free_all(void)
 	if (C.tmp != NULL)
 		evbuffer_free(C.tmp);
 	C.tmp = NULL;
+	if (C.idle_timer != NULL)
+		event_free(C.idle_timer);
+	C.idle_timer = NULL;
 }
