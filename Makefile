@@ -140,6 +140,7 @@ DATADIR        ?= $(PREFIX)/share/streambus
 SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 OPS_CONF       := $(DESTDIR)$(SYSCONFDIR)/streambus/streambus.conf
 OPS_MANPAGES   := $(wildcard man/*.[1-8])
+OPS_MANSECTIONS := $(sort $(subst .,,$(suffix $(OPS_MANPAGES))))
 OPS_DATA       := etc/streambus-alerts.yml etc/grafana-dashboard.json
 
 install: src/streambusd src/streambus-cli
@@ -157,11 +158,8 @@ install: src/streambusd src/streambus-cli
 	    systemd/streambusd.service > $(DESTDIR)$(SYSTEMDUNITDIR)/streambusd.service.tmp
 	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/streambusd.service.tmp
 	mv -f $(DESTDIR)$(SYSTEMDUNITDIR)/streambusd.service.tmp $(DESTDIR)$(SYSTEMDUNITDIR)/streambusd.service
-	@for f in $(OPS_MANPAGES); do \
-	  d=$(DESTDIR)$(MANDIR)/man$${f##*.}; \
-	  echo "install -m 0644 $$f $$d/"; \
-	  install -d $$d && install -m 0644 $$f $$d/ || exit 1; \
-	done
+	$(foreach s,$(OPS_MANSECTIONS),install -d $(DESTDIR)$(MANDIR)/man$(s) && \
+	  install -m 0644 $(filter %.$(s),$(OPS_MANPAGES)) $(DESTDIR)$(MANDIR)/man$(s)/ && ) true
 	install -m 0644 $(OPS_DATA) $(DESTDIR)$(DATADIR)/
 	@[ -n "$(DESTDIR)" ] || echo "install: now run: systemctl daemon-reload && systemctl enable --now streambusd"
 
@@ -186,3 +184,55 @@ DEB_PKGS += jq
 .PHONY: check-ops
 check-ops: src/streambusd src/streambus-cli
 	@bash tests/ops.sh
+
+# ---- Fuzzing (Hardening): libFuzzer targets, see tests/fuzz/README --------
+# `make fuzz` builds tests/fuzz/build/fuzz_proto and fuzz_config with clang
+# (the project's sources compiled in, with the same sanitizers), replays the
+# inputs under tests/fuzz/regressions/, then fuzzes each target for
+# FUZZ_SECONDS (default 60) from the seed corpus.  `make fuzz-short` is the
+# CI form (10 s each).  New corpus entries and crash artifacts go to
+# tests/fuzz/build/ (ignored by git).  FUZZ_EXTRA=-DFUZZ_SKIP_KNOWN skips
+# the checks of bugs already reported, for long campaigns.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_MAXLEN  ?= 65536
+FUZZ_EXTRA   ?=
+FUZZ_DIR     := tests/fuzz/build
+FUZZ_SRCS    := src/proto.c src/config.c src/log.c src/util.c src/metrics.c
+FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Iinclude \
+                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+                -fno-omit-frame-pointer $(FUZZ_EXTRA) \
+                $(shell pkg-config --cflags libevent jansson inih 2>/dev/null)
+FUZZ_LIBS    := $(shell pkg-config --libs libevent jansson inih 2>/dev/null) -lm
+FUZZ_TARGETS := $(FUZZ_DIR)/fuzz_proto $(FUZZ_DIR)/fuzz_config
+
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_SRCS) $(wildcard include/*.h)
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_SRCS) $(FUZZ_LIBS)
+
+.PHONY: fuzz fuzz-build fuzz-regress fuzz-short
+fuzz-build: $(FUZZ_TARGETS)
+
+# Every saved input once per target: a fixed bug stays fixed.
+fuzz-regress: fuzz-build
+	@for t in proto config; do \
+	  set -- tests/fuzz/regressions/$$t/*; [ -e "$$1" ] || continue; \
+	  echo "fuzz: replaying $$# regression input(s) of fuzz_$$t"; \
+	  ./$(FUZZ_DIR)/fuzz_$$t -runs=1 "$$@" >$(FUZZ_DIR)/regress-$$t.log 2>&1 || \
+	    { tail -n 40 $(FUZZ_DIR)/regress-$$t.log; exit 1; }; \
+	done
+
+fuzz: fuzz-regress
+	@for t in proto config; do \
+	  mkdir -p $(FUZZ_DIR)/corpus-$$t; \
+	  echo "fuzz: fuzz_$$t for $(FUZZ_SECONDS) s"; \
+	  ./$(FUZZ_DIR)/fuzz_$$t -max_len=$(FUZZ_MAXLEN) -max_total_time=$(FUZZ_SECONDS) \
+	    -dict=tests/fuzz/$$t.dict -artifact_prefix=$(FUZZ_DIR)/$$t- -print_final_stats=1 \
+	    $(FUZZ_DIR)/corpus-$$t tests/fuzz/corpus/$$t >$(FUZZ_DIR)/fuzz-$$t.log 2>&1 || \
+	    { tail -n 60 $(FUZZ_DIR)/fuzz-$$t.log; exit 1; }; \
+	  grep -E '^stat::number_of_executed_units|^stat::average_exec_per_sec|^Done' \
+	    $(FUZZ_DIR)/fuzz-$$t.log || true; \
+	done
+
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10

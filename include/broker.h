@@ -27,6 +27,7 @@ struct sub {
 	struct group *group;
 	char         *consumer;
 	long          prefetch;
+	uint64_t      served;		/* deliveries so far, for fair turns */
 	struct idset  inflight;	/* delivered, not acked/nacked */
 	int           ready;		/* group exists; deliveries may start */
 	int           recovering;	/* re-sending its own pending entries */

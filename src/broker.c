@@ -62,6 +62,8 @@ struct group {
 	struct redis_link  *reader;
 	int                 reading;
 	uint64_t            read_uid;	/* sub the running read is for */
+	long                read_count;	/* COUNT of the running read */
+	int                 backlog;	/* the last read came back full */
 	long long           reader_id;	/* CLIENT ID of the reader link */
 	char               *read_consumer;
 	int                 sweeping;
@@ -466,21 +468,38 @@ sub_lookup(uint64_t uid)
 	return idmap_get(&B.subs, uid);
 }
 
-/* Round-robin over the group's subs, starting after the last one served. */
+/* Next sub to serve: of those that can take entries, the one served
+ * least so far (reads come back with varying numbers of entries, and this
+ * evens them out); ties go round-robin from after the last one served. */
 static struct sub *
 group_next_sub(struct group *g)
 {
-	struct sub *s = g->rr ? g->rr : g->subs;
+	struct sub *s = g->rr ? g->rr : g->subs, *best = NULL, *best_next = NULL;
 
 	for (int i = 0; i < g->nsubs && s != NULL; i++) {
 		struct sub *cur = s;
 		s = s->group_next ? s->group_next : g->subs;
-		if (sub_can_take(cur)) {
-			g->rr = s;
-			return cur;
+		if (sub_can_take(cur) && (best == NULL || cur->served < best->served)) {
+			best = cur;
+			best_next = s;
 		}
 	}
-	return NULL;
+	if (best != NULL)
+		g->rr = best_next;
+	return best;
+}
+
+/* A newcomer starts level with the least served, not at zero (it would
+ * take every read until it caught up). */
+static uint64_t
+group_min_served(const struct group *g)
+{
+	uint64_t min = UINT64_MAX;
+
+	for (const struct sub *x = g->subs; x != NULL; x = x->group_next)
+		if (x->served < min)
+			min = x->served;
+	return min == UINT64_MAX ? 0 : min;
 }
 
 static void
@@ -542,6 +561,7 @@ sub_deliver(struct sub *s, const char *id, long attempt, const redisReply *field
 	proto_encode_delivery(B.scratch, &d);
 	conn_write(s->conn, B.scratch);
 	idset_add(&s->inflight, ms, seq, util_now_ns(), (uint32_t)attempt);
+	s->served++;
 	g->m.delivered++;
 	if (attempt > 1)
 		g->m.redelivered++;
@@ -766,8 +786,11 @@ read_done(redisReply *r, void *arg)
 			    g->stream->key, g->name);
 	} else if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
 	    r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements >= 2 &&
-	    r->element[0]->element[1]->type == REDIS_REPLY_ARRAY)
+	    r->element[0]->element[1]->type == REDIS_REPLY_ARRAY) {
+		g->backlog = (long)r->element[0]->element[1]->elements >= g->read_count;
 		group_hand_out(g, g->read_uid, consumer, r->element[0]->element[1], 0);
+	} else
+		g->backlog = 0;	/* the BLOCK timed out: nothing waits */
 	free(consumer);
 	if (g->nsubs == 0) {
 		group_drop_reader(g);
@@ -787,11 +810,15 @@ group_fetch(struct group *g)
 		return;
 	if ((s = group_next_sub(g)) == NULL)
 		return;
-	/* Spread entries over the group's consumers: with many of them, each
-	 * read takes a small share (fair); with few, a large one (fast). */
+	/* Fair and fast: while entries wait (the last read came back full)
+	 * each turn takes what its prefetch allows, the same for everyone;
+	 * when reads keep up, small shares spread what trickles in. */
 	n = sub_credit(s);
-	if (n > BROKER_READ_MAX / g->nsubs)
+	if (n > BROKER_READ_MAX)
+		n = BROKER_READ_MAX;
+	if (!g->backlog && n > BROKER_READ_MAX / g->nsubs)
 		n = BROKER_READ_MAX / g->nsubs > 0 ? BROKER_READ_MAX / g->nsubs : 1;
+	g->read_count = n;
 	snprintf(count, sizeof(count), "%ld", n);
 	snprintf(block, sizeof(block), "%d", BROKER_READ_BLOCK_MS);
 	g->read_consumer = strdup(s->consumer);
@@ -1368,6 +1395,7 @@ broker_sub(struct conn *c, uint64_t seq, struct proto_request *req)
 	s->conn = c;
 	s->group = g;
 	s->prefetch = req->prefetch > 0 ? req->prefetch : st->conf.prefetch;
+	s->served = group_min_served(g);
 	idset_init(&s->inflight);
 	idmap_put(&B.subs, s->uid, s);
 	s->conn_next = c->subs;

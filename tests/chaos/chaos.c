@@ -84,6 +84,7 @@
 #define DRAIN_MAX_MS       30000
 #define SUB_IN_USE_MAX_MS  15000   /* then the consumer takes a new name */
 #define EXIT_WAIT_MS       10000   /* SIGTERM to exit */
+#define RELEASE_SLOW_MS    1250    /* "within 1 s" plus a sweep period */
 #define RBUF_MAX           (1u << 20)
 #define NOTES_MAX          8192
 
@@ -194,6 +195,7 @@ static struct {
     long long *retry_at;
     uint16_t *deliv[NGROUPS];
     uint8_t  *acked[NGROUPS], *pending[NGROUPS], *dlq[NGROUPS];
+    long long *released[NGROUPS];           /* its consumer went, unacked */
     long     *rq; size_t rq_head, rq_len;   /* retry ring, cap entries */
     long      outstanding;                  /* n in ST_INFLIGHT/ST_RETRY */
     struct conn c[MAX_CONNS];
@@ -210,6 +212,8 @@ static struct {
          our_kills, unacked_at_kill, connect_fail, stall_closes, id_changed,
          okid_mismatch, false_not_stored, bye_ok, bye_missing, bye_other, faults, deliveries[NGROUPS];
     long long max_in_use_ms;
+    long      rel_count, rel_slow;          /* redeliveries after a close */
+    long long rel_max_ms;
     char notes[NOTES_MAX];
     size_t notes_len;
 } C;
@@ -453,6 +457,11 @@ static void conn_close(struct conn *c, int by_us, const char *why)
     }
     if (c->stalled)
         C.unacked_at_kill += (long)c->nheld;
+    /* Deliveries it held unacknowledged: how soon does the group get
+     * them again? */
+    for (size_t h = 0; h < c->nheld; h++)
+        if (!C.released[c->group][c->held[h].n])
+            C.released[c->group][c->held[h].n] = now;
     close(c->fd);
     c->fd = -1;
     c->rlen = c->wlen = 0;
@@ -638,6 +647,15 @@ static void on_msg(struct conn *c, json_t *j)
     }
     if (C.deliv[g][n] < UINT16_MAX)
         C.deliv[g][n]++;
+    if (C.released[g][n]) {
+        long long lat = now - C.released[g][n];
+        C.released[g][n] = 0;
+        C.rel_count++;
+        if (lat > C.rel_max_ms)
+            C.rel_max_ms = lat;
+        if (lat > RELEASE_SLOW_MS)
+            C.rel_slow++;
+    }
     uint64_t ms;
     uint32_t seq;
     if (id_parse(id, &ms, &seq)) {
@@ -1394,7 +1412,8 @@ static void alloc_state(void)
         C.acked[g] = calloc((size_t)cap, 1);
         C.pending[g] = calloc((size_t)cap, 1);
         C.dlq[g] = calloc((size_t)cap, 1);
-        ck_assert(C.deliv[g] && C.acked[g] && C.pending[g] && C.dlq[g]);
+        C.released[g] = calloc((size_t)cap, sizeof *C.released[g]);
+        ck_assert(C.deliv[g] && C.acked[g] && C.pending[g] && C.dlq[g] && C.released[g]);
     }
 }
 
@@ -1427,10 +1446,11 @@ static void write_result(const struct result *R, double secs)
     FILE *f = fopen(results_path, "a");
     if (!f)
         return;
-    fprintf(f, "R|%s|%s|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%.1f\n",
+    fprintf(f, "R|%s|%s|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%lld|%.1f\n",
             C.name, C.failed || R->lost[0] || R->lost[1] ? "FAIL" : "ok",
             R->pub_ok, R->delivered, R->lost[0], R->lost[1], R->dups[0], R->dups[1],
-            R->dlq_total, R->stored_unconfirmed, R->never_confirmed, C.retries, C.faults, secs);
+            R->dlq_total, R->stored_unconfirmed, R->never_confirmed, C.retries, C.faults,
+            C.rel_count ? C.rel_max_ms : -1, secs);
     if (C.notes_len)
         fprintf(f, "N|%s|%s\n", C.name, C.notes);
     fclose(f);
@@ -1566,6 +1586,9 @@ static void scenario(int sid)
            C.name, C.faults, C.our_kills, C.unacked_at_kill, C.peer_closes, C.unexpected_closes,
            C.connect_fail, C.in_use, C.max_in_use_ms, C.ack_sent, C.ack_zero, C.ack_unavail, C.ack_err,
            C.sub_err, C.stall_closes, C.bye_ok, C.bye_missing);
+    printf("chaos[%s]: unacked deliveries of closed consumers redelivered: %ld, longest after "
+           "%lld ms, %ld after more than %d ms\n",
+           C.name, C.rel_count, C.rel_max_ms, C.rel_slow, RELEASE_SLOW_MS);
     printf("chaos[%s]: stored but never confirmed %ld of %ld unconfirmed; ok without dedup key %ld, "
            "ok id differs from dedup %ld, stored twice %ld, two ok ids %ld, error but stored %ld, "
            "rid mismatches %ld; %.1f s\n",
@@ -1682,11 +1705,11 @@ int main(int argc, char **argv)
     int rows = 0, lost_any = 0;
     printf("\nchaos: %d s of traffic per scenario at %d pubs/s, seed %llu\n",
            opt_seconds, opt_rate, opt_seed);
-    printf("%-14s | %-6s | %12s | %10s | %11s | %11s | %5s | %11s | %7s | %6s | %6s\n",
+    printf("%-14s | %-6s | %12s | %10s | %11s | %11s | %5s | %11s | %7s | %6s | %9s | %6s\n",
            "scenario", "result", "published ok", "delivered", "lost g1/g2", "dups g1/g2",
-           "dlq", "stored unc.", "retries", "faults", "secs");
+           "dlq", "stored unc.", "retries", "faults", "redeliv.", "secs");
     printf("---------------+--------+--------------+------------+-------------+-------------+"
-           "-------+-------------+---------+--------+-------\n");
+           "-------+-------------+---------+--------+-----------+-------\n");
     for (char *line = txt; line && *line;) {
         char *eol = strchr(line, '\n');
         if (eol)
@@ -1694,16 +1717,21 @@ int main(int argc, char **argv)
         if (line[0] == 'R' && line[1] == '|') {
             char name[64], res[8];
             long pub, del, l1, l2, d1, d2, dlq, su, nc, retr, faults;
+            long long rel;
             double secs;
-            if (sscanf(line, "R|%63[^|]|%7[^|]|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%lf",
+            if (sscanf(line, "R|%63[^|]|%7[^|]|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%ld|%lld|%lf",
                        name, res, &pub, &del, &l1, &l2, &d1, &d2, &dlq, &su, &nc, &retr,
-                       &faults, &secs) == 14) {
-                char lost[32], dups[32], stored[32];
+                       &faults, &rel, &secs) == 15) {
+                char lost[32], dups[32], stored[32], rels[32];
                 snprintf(lost, sizeof lost, "%ld/%ld", l1, l2);
                 snprintf(dups, sizeof dups, "%ld/%ld", d1, d2);
                 snprintf(stored, sizeof stored, "%ld/%ld", su, nc);
-                printf("%-14s | %-6s | %12ld | %10ld | %11s | %11s | %5ld | %11s | %7ld | %6ld | %6.1f\n",
-                       name, res, pub, del, lost, dups, dlq, stored, retr, faults, secs);
+                if (rel >= 0)
+                    snprintf(rels, sizeof rels, "%lld", rel);
+                else
+                    snprintf(rels, sizeof rels, "-");
+                printf("%-14s | %-6s | %12ld | %10ld | %11s | %11s | %5ld | %11s | %7ld | %6ld | %9s | %6.1f\n",
+                       name, res, pub, del, lost, dups, dlq, stored, retr, faults, rels, secs);
                 rows++;
                 lost_any |= l1 > 0 || l2 > 0;
             }
@@ -1711,7 +1739,8 @@ int main(int argc, char **argv)
         line = eol ? eol + 1 : NULL;
     }
     printf("(delivered: deliveries to both groups; stored unc.: stored but never confirmed / "
-           "never confirmed)\n");
+           "never confirmed;\n redeliv.: longest wait, ms, from a consumer's close to the "
+           "redelivery of what it held unacked)\n");
     for (char *line = txt; line && line < txt + txt_len; line += strlen(line) + 1)
         if (line[0] == 'N' && line[1] == '|')
             printf("notes %s\n", line + 2);
