@@ -1438,21 +1438,28 @@ ack_done(redisReply *r, void *arg)
 	pending_free(p);
 }
 
-/* Take ids out of the sub's in-flight set; frees prefetch credit. */
-static void
-sub_forget(struct sub *s, const char *const *ids, size_t n, int acked)
+/* Take acknowledged ids out of the sub's in-flight set (frees prefetch
+ * credit).  Returns how many of them may have a failure log: those seen
+ * at a later attempt, or not known here; they are moved to the front. */
+static size_t
+sub_forget(struct sub *s, const char **ids, size_t n)
 {
 	uint64_t now = util_now_ns();
+	size_t logged = 0;
 
 	for (size_t i = 0; i < n; i++) {
 		uint64_t ms, seq, at;
-		uint32_t attempt;
-		if (proto_parse_id(ids[i], &ms, &seq) != 0 ||
-		    idset_take(&s->inflight, ms, seq, &at, &attempt) != 0)
-			continue;
-		if (acked)
+		uint32_t attempt = 0;
+		if (proto_parse_id(ids[i], &ms, &seq) == 0 &&
+		    idset_take(&s->inflight, ms, seq, &at, &attempt) == 0)
 			metrics_observe(&s->group->m.processing, (now - at) / 1e9);
+		if (attempt != 1) {
+			const char *t = ids[logged];
+			ids[logged++] = ids[i];
+			ids[i] = t;
+		}
 	}
+	return logged;
 }
 
 static void
@@ -1595,6 +1602,7 @@ broker_sub_op(struct conn *c, uint64_t seq, struct proto_request *req)
 	struct sub *s = conn_sub(c, req->sub);
 	struct pending *p;
 	static const char *justid[] = { "JUSTID" };
+	size_t nlog;
 	const char *xack[] = { "XACK", s ? s->group->stream->key : "", s ? s->group->name : "" };
 	const char *hdel[] = { "HDEL", s ? s->group->fails_key : "" };
 	const char *xclaim[] = { "XCLAIM", s ? s->group->stream->key : "",
@@ -1621,11 +1629,11 @@ broker_sub_op(struct conn *c, uint64_t seq, struct proto_request *req)
 	}
 	switch (req->op) {
 	case OP_ACK:
-		sub_forget(s, req->ids, req->nids, 1);
+		nlog = sub_forget(s, req->ids, req->nids);
 		if (broker_cmd_ids(ack_done, p, xack, 3, req->ids, req->nids, NULL, 0) != 0)
 			ack_done(NULL, p);
-		else	/* acknowledged entries need no failure log */
-			broker_cmd_ids(NULL, NULL, hdel, 2, req->ids, req->nids, NULL, 0);
+		else if (nlog > 0)	/* acknowledged entries need no failure log */
+			broker_cmd_ids(NULL, NULL, hdel, 2, req->ids, nlog, NULL, 0);
 		sub_kick(s);
 		break;
 	case OP_TOUCH:
