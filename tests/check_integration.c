@@ -621,6 +621,73 @@ static int health_status(char **body)
     return h_http_get(H.metrics_port, "/health", body, NULL);
 }
 
+/* Keep Redis busy for a few seconds from another client (background): a
+ * script that loops until its time is up (DEBUG SLEEP is disabled in
+ * Redis 7 by default). */
+static void redis_sleep(int seconds)
+{
+    char port[16], secs[16];
+    snprintf(port, sizeof(port), "%d", H.redis_port);
+    snprintf(secs, sizeof(secs), "%d", seconds);
+    char *const argv[] = { "redis-cli", "-p", port, "EVAL",
+        "local t = redis.call('TIME') "
+        "while true do local n = redis.call('TIME') "
+        "if n[1] - t[1] >= tonumber(ARGV[1]) then break end end", "0", secs, NULL };
+    static h_proc sleeper;
+    char *log = h_fmt("%s/redis-sleep.log", H.dir);
+    h_spawn(argv, log, &sleeper);
+    free(log);
+    h_sleep_ms(300);    /* let it reach Redis */
+}
+
+START_TEST(t_indeterminate)
+{
+    /* A pub sent to Redis whose reply is lost with the connection. */
+    sb_client *c = h_connect();
+    free(h_pub(c, "ind", "1"));
+    redis_sleep(3);
+    h_send(c, "{'op':'pub','rid':'x','stream':'ind','data':2,'msgid':'m-2'}");
+    h_sleep_ms(300);
+    h_redis_kill(SIGKILL);
+    json_t *r = h_err(h_read(c, H_REPLY_MS), "indeterminate");
+    ck_assert_str_eq(h_str(r, "rid"), "x");
+    json_decref(r);
+    /* ping is the daemon's own: still answered */
+    json_decref(h_ok(h_req(c, "{'op':'ping'}")));
+}
+END_TEST
+
+START_TEST(t_overloaded)
+{
+    /* More commands waiting for Redis than max_inflight: refused, not stored. */
+    h_conf_redis("max_inflight = 2\n");
+    h_conf("max_subs_per_conn = 1\n", NULL, NULL);
+    sb_client *c = h_connect();
+    free(h_pub(c, "ov", "0"));
+    redis_sleep(2);
+    for (int i = 0; i < 5; i++)
+        h_send(c, "{'op':'pub','rid':%d,'stream':'ov','data':%d}", i, i);
+    int overloaded = 0, ok = 0;
+    for (int i = 0; i < 5; i++) {
+        json_t *r = h_read(c, 5000);
+        ck_assert_int_eq(h_int(r, "rid"), i);
+        if (json_is_true(json_object_get(r, "ok")))
+            ok++;
+        else {
+            ck_assert_str_eq(h_str(r, "error"), "overloaded");
+            overloaded++;
+        }
+        json_decref(r);
+    }
+    ck_assert_msg(overloaded >= 3, "only %d of 5 pubs refused with max_inflight 2", overloaded);
+    h_sleep_ms(500);
+    ck_assert_int_eq(h_redis_int("XLEN sb:ov"), 1 + ok);
+    /* a second subscription over max_subs_per_conn */
+    h_sub(c, "ov", "g", NULL, 1, NULL);
+    h_err(h_req(c, "{'op':'sub','stream':'ov','group':'g2'}"), "overloaded");
+}
+END_TEST
+
 START_TEST(t_unavailable)
 {
     sb_client *c = h_connect();
@@ -2361,6 +2428,8 @@ int main(void)
     tcase_add_test(tc, t_no_such_sub);
     tcase_add_test(tc, t_consumer_in_use);
     tcase_add_test(tc, t_unavailable);
+    tcase_add_test(tc, t_indeterminate);
+    tcase_add_test(tc, t_overloaded);
 
     tc = tcase(s, "pub", 20);
     tcase_add_test(tc, t_pub_single_stored);
