@@ -1728,6 +1728,88 @@ START_TEST(t_trim_keeps_unacked)
 }
 END_TEST
 
+static void pub_batch(sb_client *p, const char *stream, int n)
+{
+    json_t *batch = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(batch, json_pack("{s:i}", "data", i));
+    json_decref(h_ok(h_req_json(p, json_pack("{s:s,s:s,s:o}", "op", "pub", "stream", stream,
+                                             "batch", batch))));
+}
+
+/* Wait (bounded) until XLEN key satisfies cmp against want. */
+static long long xlen_settles(const char *key, long long want, int at_most)
+{
+    long long n = -1;
+    for (int i = 0; i < 40; i++) {
+        n = xlen(key);
+        if (at_most ? n <= want : n == want)
+            break;
+        h_sleep_ms(100);
+    }
+    return n;
+}
+
+START_TEST(t_retention)
+{
+    h_conf(NULL, NULL, "[stream rt]\nmaxlen = 10\n"
+                       "[stream rh]\nmaxlen = 10\nmaxlen_hard = 1\n"
+                       "[stream ng]\nmaxlen = 10\n");
+    sb_client *s = h_connect(), *p = h_connect();
+    long long sub = h_sub(s, "rt", "g", "c", 1000, NULL);
+    /* acknowledged entries are trimmed */
+    pub_batch(p, "rt", 50);
+    json_t *ids = json_array();
+    for (int i = 0; i < 50; i++) {
+        json_t *m = h_msg(s, H_WAIT_MS);
+        json_array_append_new(ids, json_string(mid(m)));
+        json_decref(m);
+    }
+    json_t *r = h_ok(h_req_json(s, json_pack("{s:s,s:I,s:o}", "op", "ack", "sub", sub, "ids", ids)));
+    ck_assert_int_eq(h_int(r, "acked"), 50);
+    json_decref(r);
+    ck_assert_int_eq(xlen_settles("sb:rt", 0, 0), 0);
+    /* unacknowledged ones stay, maxlen or not */
+    pub_batch(p, "rt", 50);
+    h_sleep_ms(1600);
+    ck_assert_int_eq(xlen("sb:rt"), 50);
+    /* maxlen_hard caps them, and says so */
+    h_sub(s, "rh", "g", "c", 1, NULL);
+    for (int i = 0; i < 3; i++)
+        pub_batch(p, "rh", 100);
+    ck_assert_int_le(xlen_settles("sb:rh", 110, 1), 110);
+    /* a stream no group reads is capped, and nothing counts as unread */
+    for (int i = 0; i < 3; i++)
+        pub_batch(p, "ng", 100);
+    ck_assert_int_le(xlen_settles("sb:ng", 110, 1), 110);
+    char *body = NULL;
+    double v = -1;
+    ck_assert_int_eq(h_http_get(H.metrics_port, "/metrics", &body, NULL), 200);
+    ck_assert(h_metric(body, "streambus_trimmed_unread_total", "stream=rh", &v));
+    ck_assert_msg(v >= 190, "trimmed_unread{rh} = %g", v);
+    ck_assert(h_metric(body, "streambus_trimmed_unread_total", "stream=ng", &v));
+    ck_assert(v == 0);
+    ck_assert(h_metric(body, "streambus_trimmed_unread_total", "stream=rt", &v));
+    ck_assert(v == 0);
+    free(body);
+}
+END_TEST
+
+START_TEST(t_idle_timeout)
+{
+    h_conf("idle_timeout_ms = 1000\n", NULL, NULL);
+    sb_client *idle = h_connect(), *sub = h_connect();
+    h_sub(sub, "it", "g", NULL, 1, NULL);     /* a quiet consumer is not idle */
+    json_t *b = h_event(idle, 4000);
+    ck_assert_msg(b != NULL, "no bye within 4 s of idling");
+    ck_assert_str_eq(h_str(b, "op"), "bye");
+    ck_assert_str_eq(h_str(b, "reason"), "idle");
+    json_decref(b);
+    h_sleep_ms(500);
+    json_decref(h_ok(h_req(sub, "{'op':'ping'}")));
+}
+END_TEST
+
 /* ============================================================ stats */
 
 static json_t *find_named(json_t *arr, const char *key, const char *name)
@@ -2451,6 +2533,8 @@ int main(void)
     tcase_add_test(tc, t_many_subscribers_served_promptly);
     tcase_add_test(tc, t_raw_xadd_fields);
     tcase_add_test(tc, t_trim_keeps_unacked);
+    tcase_add_test(tc, t_retention);
+    tcase_add_test(tc, t_idle_timeout);
 
     tc = tcase(s, "ack", 30);
     tcase_add_test(tc, t_ack_counts);
