@@ -52,6 +52,7 @@ struct conn {
 	int               nsubs;
 	long              next_sub_id;
 	int               output_blocked;	/* deliveries stopped: output full */
+	int               finishing;		/* client said bye */
 	uint64_t          last_active_ns;
 	struct conn      *next, *prev;		/* all connections */
 };
@@ -81,8 +82,12 @@ void conn_reply(struct conn *c, uint64_t seq, struct evbuffer *reply);
 void conn_write(struct conn *c, struct evbuffer *data);
 /* 1 when the output is over the soft limit (no more deliveries). */
 int  conn_output_full(const struct conn *c);
-/* Close: with a notice reason, "bye" is sent and the output flushed first. */
+/* Close: with notify, "bye" is sent and the output flushed first;
+ * CONN_FLUSH flushes without the notice. */
+#define CONN_FLUSH 2
 void conn_close(struct conn *c, const char *reason, int notify);
+/* Close after every reply owed is written (the client's own bye). */
+void conn_finish(struct conn *c);
 /* Requests whose replies are not yet written. */
 size_t conn_pending_replies(const struct conn *c);
 

@@ -122,6 +122,7 @@ static struct broker {
 	char                 me[320];		/* this daemon: host:listen */
 	char                *live_prefix, *live_key;
 	struct evbuffer     *scratch;
+	struct evbuffer     *foreign;	/* data of entries others wrote */
 	int                  stopping;
 	struct parked       *parked, **parked_tail;
 	size_t               nparked;
@@ -508,8 +509,6 @@ sub_deliver(struct sub *s, const char *id, long attempt, const redisReply *field
 	struct group *g = s->group;
 	struct proto_delivery d = { 0 };
 	uint64_t ms = 0, seq = 0;
-	char *obj = NULL;
-	json_t *o = NULL;
 
 	if (proto_parse_id(id, &ms, &seq) != 0)
 		return;
@@ -534,39 +533,37 @@ sub_deliver(struct sub *s, const char *id, long attempt, const redisReply *field
 			d.source_len = v->len;
 		}
 	}
-	/* Entries others wrote: data must still be JSON on the wire. */
-	if (d.data_json != NULL) {
-		if (!proto_json_valid(d.data_json, d.data_len)) {
-			o = json_stringn(d.data_json, d.data_len);
-			obj = o ? json_dumps(o, JSON_ENCODE_ANY) : NULL;
+	/* Entries others wrote: data must still be JSON on the wire (a string
+	 * if it is not JSON, an object of all fields if absent; invalid
+	 * UTF-8 becomes U+FFFD). */
+	if (d.data_json != NULL && !proto_json_valid(d.data_json, d.data_len))
+		proto_put_string(B.foreign, d.data_json, d.data_len);
+	else if (d.data_json == NULL) {
+		evbuffer_add(B.foreign, "{", 1);
+		for (size_t i = 0; fields != NULL && i + 1 < fields->elements; i += 2) {
+			const redisReply *k = fields->element[i], *v = fields->element[i + 1];
+			if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+				continue;
+			if (evbuffer_get_length(B.foreign) > 1)
+				evbuffer_add(B.foreign, ",", 1);
+			proto_put_string(B.foreign, k->str, k->len);
+			evbuffer_add(B.foreign, ":", 1);
+			proto_put_string(B.foreign, v->str, v->len);
 		}
-	} else {
-		o = json_object();
-		for (size_t i = 0; fields != NULL && i + 1 < fields->elements; i += 2)
-			if (fields->element[i]->type == REDIS_REPLY_STRING &&
-			    fields->element[i + 1]->type == REDIS_REPLY_STRING)
-				json_object_setn_new(o, fields->element[i]->str,
-				    fields->element[i]->len,
-				    json_stringn(fields->element[i + 1]->str,
-				    fields->element[i + 1]->len));
-		obj = json_dumps(o, JSON_COMPACT);
+		evbuffer_add(B.foreign, "}", 1);
 	}
-	if (obj != NULL) {
-		d.data_json = obj;
-		d.data_len = strlen(obj);
-	} else if (d.data_json == NULL) {
-		d.data_json = "null";
-		d.data_len = 4;
+	if (evbuffer_get_length(B.foreign) > 0) {
+		d.data_len = evbuffer_get_length(B.foreign);
+		d.data_json = (const char *)evbuffer_pullup(B.foreign, -1);
 	}
 	proto_encode_delivery(B.scratch, &d);
 	conn_write(s->conn, B.scratch);
+	evbuffer_drain(B.foreign, evbuffer_get_length(B.foreign));
 	idset_add(&s->inflight, ms, seq, util_now_ns(), (uint32_t)attempt);
 	s->served++;
 	g->m.delivered++;
 	if (attempt > 1)
 		g->m.redelivered++;
-	free(obj);
-	json_decref(o);
 }
 
 /* Release ids held by consumer (chunked: Lua's unpack has a limit).  p is
@@ -743,7 +740,7 @@ group_hand_out(struct group *g, uint64_t uid, const char *consumer,
 	const char **orphans = NULL;
 	size_t norphans = 0;
 
-	if (s == NULL || s->conn == NULL || s->conn->state != CONN_OPEN)
+	if (s == NULL || s->conn == NULL || s->conn->state != CONN_OPEN || B.stopping)
 		orphans = calloc(entries->elements + 1, sizeof(*orphans));
 	for (size_t i = 0; i < entries->elements; i++) {
 		const redisReply *e = entries->element[i];
@@ -792,7 +789,7 @@ read_done(redisReply *r, void *arg)
 	} else
 		g->backlog = 0;	/* the BLOCK timed out: nothing waits */
 	free(consumer);
-	if (g->nsubs == 0) {
+	if (g->nsubs == 0 || B.stopping) {
 		group_drop_reader(g);
 		return;
 	}
@@ -932,10 +929,12 @@ pub_count_error(struct stream *s, const char *code)
 		s->m.pub_errors[e]++;
 }
 
+/* Only streams already known: refused requests must not make new ones
+ * (a client could otherwise grow the daemon at will). */
 void
 broker_pub_rejected(const char *stream, const char *code)
 {
-	pub_count_error(stream_get(stream), code);
+	pub_count_error(stream_find(stream), code);
 }
 
 static void
@@ -1974,7 +1973,7 @@ broker_handle(struct conn *c, uint64_t seq, struct proto_request *req)
 		break;
 	case OP_BYE:
 		reply_ok(c, seq, req->rid);
-		conn_close(c, "client bye", 0);
+		conn_finish(c);
 		break;
 	case OP__COUNT:
 		reply_error(c, seq, req->rid, "internal", "unhandled op");
@@ -2058,8 +2057,7 @@ broker_tick(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	(void)arg;
 	metrics.redis_links = (uint64_t)redis_link_count();
-	if (!redis_link_up(B.cmd))
-		pub_unpark(UNPARK_EXPIRED);
+	pub_unpark(UNPARK_EXPIRED);
 	for (struct stream *s = B.streams; s != NULL; s = s->next)
 		for (struct group *g = s->groups; g != NULL; g = g->next) {
 			for (struct sub *x = g->subs; x != NULL; x = x->group_next)
@@ -2094,7 +2092,8 @@ broker_init(struct event_base *base, const struct config *cfg)
 	B.base = base;
 	B.cfg = cfg;
 	redis_configure(cfg);
-	if (idmap_init(&B.subs, 4096) != 0 || (B.scratch = evbuffer_new()) == NULL)
+	if (idmap_init(&B.subs, 4096) != 0 || (B.scratch = evbuffer_new()) == NULL ||
+	    (B.foreign = evbuffer_new()) == NULL)
 		return -1;
 	B.start_ns = util_now_ns();
 	{
@@ -2117,6 +2116,16 @@ broker_init(struct event_base *base, const struct config *cfg)
 	return 0;
 }
 
+/* Pubs of replicas:N streams parked while the durable link was down. */
+static void
+durable_state(struct redis_link *l, int up, void *arg)
+{
+	(void)l;
+	(void)arg;
+	if (up)
+		pub_unpark(UNPARK_SEND);
+}
+
 /* The durable link exists once any stream wants replicas. */
 static void
 broker_ensure_durable(const struct config *cfg)
@@ -2126,7 +2135,7 @@ broker_ensure_durable(const struct config *cfg)
 	for (const struct stream_conf *sc = cfg->streams; sc != NULL && !need; sc = sc->next)
 		need = sc->replicas > 0;
 	if (need && B.durable == NULL &&
-	    (B.durable = redis_link_new(B.base, "durable", NULL, NULL)) != NULL)
+	    (B.durable = redis_link_new(B.base, "durable", durable_state, NULL)) != NULL)
 		redis_link_start(B.durable);
 }
 
@@ -2149,19 +2158,30 @@ broker_redis_up(void)
 	return B.cmd != NULL && redis_link_up(B.cmd);
 }
 
+/* Running reads are ended (CLIENT UNBLOCK), not cut: entries Redis is
+ * handing out right now come back and are released (read_done), instead
+ * of waiting for their ack deadline under a consumer that is leaving. */
 void
 broker_stop_delivering(void)
 {
 	B.stopping = 1;
 	pub_unpark(UNPARK_ALL);
 	for (struct stream *s = B.streams; s != NULL; s = s->next)
-		for (struct group *g = s->groups; g != NULL; g = g->next)
-			group_drop_reader(g);
+		for (struct group *g = s->groups; g != NULL; g = g->next) {
+			if (g->reading && g->reader_id > 0)
+				redis_cmd(B.cmd, NULL, NULL, "CLIENT UNBLOCK %lld", g->reader_id);
+			else
+				group_drop_reader(g);
+		}
 }
 
 int
 broker_idle(void)
 {
+	for (struct stream *s = B.streams; s != NULL; s = s->next)
+		for (struct group *g = s->groups; g != NULL; g = g->next)
+			if (g->reading)
+				return 0;
 	return (B.cmd == NULL || redis_link_inflight(B.cmd) == 0) &&
 	    (B.durable == NULL || redis_link_inflight(B.durable) == 0);
 }
@@ -2204,5 +2224,7 @@ broker_free(void)
 	free(B.live_key);
 	if (B.scratch != NULL)
 		evbuffer_free(B.scratch);
+	if (B.foreign != NULL)
+		evbuffer_free(B.foreign);
 	memset(&B, 0, sizeof(B));
 }

@@ -582,6 +582,9 @@ config_handler(void *user, const char *section, const char *name, const char *va
 static void
 config_finish(struct config *cfg)
 {
+	/* "prefix =" means no prefix, not none at all */
+	if (cfg->prefix == NULL)
+		cfg->prefix = strdup("");
 	for (struct stream_conf *sc = cfg->streams; sc != NULL; sc = sc->next) {
 		for (size_t i = 0; i < CONFIG_NKEYS; i++) {
 			const struct config_key *k = &config_keys[i];

@@ -56,6 +56,7 @@ static struct {
 	uint64_t             next_id;
 	const struct auth_table *auth;	/* NULL: no authentication */
 	struct event        *idle_timer;
+	char                *unix_path;	/* the socket we bound, to unlink */
 	char                 scratch[CONN_READ_CHUNK];
 	struct evbuffer     *tmp;
 } C;
@@ -97,6 +98,9 @@ conn_init(struct event_base *base)
 	C.base = base;
 	if (idmap_init(&C.byid, 16384) != 0 || (C.tmp = evbuffer_new()) == NULL)
 		return -1;
+	/* Connection numbers name default consumers ("client-N"): start at a
+	 * random million so that daemons sharing a Redis do not collide. */
+	C.next_id = (uint64_t)(random() % 1000000) * 1000000;
 	C.idle_timer = event_new(base, -1, EV_PERSIST, conn_idle_check, NULL);
 	if (C.idle_timer == NULL || event_add(C.idle_timer, &tv) != 0)
 		return -1;
@@ -220,8 +224,24 @@ conn_reply(struct conn *c, uint64_t seq, struct evbuffer *reply)
 		c->head_seq++;
 	}
 	conn_want_write(c);
-	if (c->read_paused)
+	if (c->finishing && conn_pending_replies(c) == 0)
+		conn_close(c, "client bye", CONN_FLUSH);
+	else if (c->read_paused)
 		conn_update_read(c);
+}
+
+/* The client said bye: read nothing more, close once every reply it is
+ * owed has been written. */
+void
+conn_finish(struct conn *c)
+{
+	if (c->state != CONN_OPEN)
+		return;
+	c->finishing = 1;
+	event_del(c->rev);
+	c->read_paused = 1;
+	if (conn_pending_replies(c) == 0)
+		conn_close(c, "client bye", CONN_FLUSH);
 }
 
 /* ---- close ---- */
@@ -247,8 +267,9 @@ conn_free_cb(evutil_socket_t fd, short what, void *arg)
 	conn_free(arg);
 }
 
-/* The only teardown path.  notify: send {"op":"bye","reason":..} and flush
- * it (bounded by CONN_DRAIN_TIMEOUT_MS) before closing. */
+/* The only teardown path.  notify: send {"op":"bye","reason":..}; with
+ * CONN_FLUSH (or notify) the output is flushed first (bounded by
+ * CONN_DRAIN_TIMEOUT_MS). */
 void
 conn_close(struct conn *c, const char *reason, int notify)
 {
@@ -261,7 +282,8 @@ conn_close(struct conn *c, const char *reason, int notify)
 		c->state = CONN_DRAINING;
 		broker_conn_closed(c);
 		event_del(c->rev);
-		proto_notice_bye(c->out, reason);
+		if (notify != CONN_FLUSH)
+			proto_notice_bye(c->out, reason);
 		event_add(c->wev, &tv);
 		return;
 	}
@@ -327,7 +349,7 @@ conn_should_pause(const struct conn *c)
 static void
 conn_update_read(struct conn *c)
 {
-	if (c->state != CONN_OPEN)
+	if (c->state != CONN_OPEN || c->finishing)
 		return;
 	if (conn_should_pause(c)) {
 		if (!c->read_paused)
@@ -680,6 +702,8 @@ conn_listen_unix(const char *path)
 		return -1;
 	}
 	log_info("conn", 0, "listening on %s", path);
+	free(C.unix_path);
+	C.unix_path = strdup(path);
 	return conn_add_listener(fd);
 }
 
@@ -703,8 +727,10 @@ conn_stop_listening(void)
 		close(l->fd);
 	}
 	C.nlisteners = 0;
-	if (C.cfg != NULL && C.cfg->unix_socket != NULL)
-		unlink(C.cfg->unix_socket);
+	if (C.unix_path != NULL)
+		unlink(C.unix_path);
+	free(C.unix_path);
+	C.unix_path = NULL;
 }
 
 /* Graceful stop, first step: read nothing more; requests already read

@@ -5,6 +5,7 @@
  */
 #include <getopt.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,10 +185,14 @@ main_reload(void)
 	if (strcmp(ncfg->listen, old->listen) != 0 ||
 	    strcmp(ncfg->redis_url_text, old->redis_url_text) != 0 ||
 	    strcmp(ncfg->prefix, old->prefix) != 0 ||
+	    ncfg->connect_timeout_ms != old->connect_timeout_ms ||
+	    (ncfg->unix_socket == NULL) != (old->unix_socket == NULL) ||
+	    (ncfg->unix_socket && strcmp(ncfg->unix_socket, old->unix_socket) != 0) ||
 	    (ncfg->metrics_listen == NULL) != (old->metrics_listen == NULL) ||
 	    (ncfg->metrics_listen && strcmp(ncfg->metrics_listen, old->metrics_listen) != 0))
-		log_warn("main", 0, "reload: listen, metrics.listen, redis.url and redis.prefix "
-		    "change only on restart; keeping the running values");
+		log_warn("main", 0, "reload: listen, unix_socket, metrics.listen, redis.url, "
+		    "redis.prefix and connect_timeout_ms change only on restart; keeping the "
+		    "running values");
 	free(ncfg->prefix);
 	ncfg->prefix = strdup(old->prefix);
 	if (ncfg->prefix == NULL) {
@@ -219,6 +224,22 @@ main_signal(evutil_socket_t sig, short what, void *arg)
 }
 
 /* ---- start ---- */
+
+/* max_clients needs as many descriptors (plus Redis links and a margin):
+ * raise the soft limit as far as the hard one allows, and say if short. */
+static void
+main_raise_nofile(long max_clients)
+{
+	struct rlimit rl;
+	rlim_t want = (rlim_t)max_clients + 256;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want)
+		return;
+	rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < want)
+		log_warn("main", 0, "open files limited to %llu, below max_clients %ld + 256",
+		    (unsigned long long)rl.rlim_cur, max_clients);
+}
 
 static int
 main_parse_args(int argc, char **argv, int *test)
@@ -286,6 +307,7 @@ main(int argc, char **argv)
 		return 0;
 	}
 	log_set_level((enum log_level)M.cfg->log_level);
+	main_raise_nofile(M.cfg->max_clients);
 	srandom((unsigned)time(NULL) ^ (unsigned)getpid());
 	signal(SIGPIPE, SIG_IGN);
 	metrics_init();

@@ -1696,6 +1696,34 @@ START_TEST(t_raw_xadd_fields)
     m = h_msg(s, H_WAIT_MS);
     assert_json_eq(json_object_get(m, "data"), "{\"z\":[1]}");
     json_decref(m);
+    /* A data field that is not JSON, with invalid UTF-8: a JSON string,
+     * the bad byte as U+FFFD; fields with bad bytes likewise. */
+    x = h_redis("XADD sb:raw * data %b", "not json \xff", (size_t)10);
+    freeReplyObject(x);
+    m = h_msg(s, H_WAIT_MS);
+    ck_assert_str_eq(h_str(m, "data"), "not json \xef\xbf\xbd");
+    json_decref(m);
+    x = h_redis("XADD sb:raw * k %b", "a\xc3", (size_t)2);
+    freeReplyObject(x);
+    m = h_msg(s, H_WAIT_MS);
+    assert_json_eq(json_object_get(m, "data"), "{\"k\":\"a\\ufffd\"}");
+    json_decref(m);
+}
+END_TEST
+
+START_TEST(t_client_bye)
+{
+    /* bye is answered like any request (after the replies before it),
+     * then the server closes the connection. */
+    sb_client *c = h_connect();
+    const char two[] = "{\"op\":\"pub\",\"stream\":\"cb\",\"data\":1}\n{\"op\":\"bye\",\"rid\":9}\n";
+    h_send_raw(c, two, sizeof(two) - 1);
+    json_decref(h_ok(h_read(c, H_REPLY_MS)));
+    json_t *r = h_ok(h_read(c, H_REPLY_MS));
+    ck_assert_int_eq(h_int(r, "rid"), 9);
+    json_decref(r);
+    size_t len;
+    ck_assert_ptr_null(sb_read_line(c, &len, 2000));
 }
 END_TEST
 
@@ -2532,6 +2560,7 @@ int main(void)
     tcase_add_test(tc, t_default_consumer_name);
     tcase_add_test(tc, t_many_subscribers_served_promptly);
     tcase_add_test(tc, t_raw_xadd_fields);
+    tcase_add_test(tc, t_client_bye);
     tcase_add_test(tc, t_trim_keeps_unacked);
     tcase_add_test(tc, t_retention);
     tcase_add_test(tc, t_idle_timeout);
