@@ -645,7 +645,7 @@ cli_sub_print(const struct cli_sub *s, const json_t *msg, const char *raw)
     char *text = data ? json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
 
     printf("%s attempt=%lld", id ? id : "?",
-           (long long)json_integer_value(json_object_get(msg, "attempt")));
+           (long long)json_number_value(json_object_get(msg, "attempt")));
     if (type)
         printf(" type=%s", type);
     printf(" data=%s\n", text ? text : "null");
@@ -656,7 +656,11 @@ cli_sub_print(const struct cli_sub *s, const json_t *msg, const char *raw)
 static int
 cli_sub_line(sb_client *c, struct cli_sub *s, const char *line, size_t len)
 {
-    json_t *j = json_loadb(line, len, 0, NULL);
+    /* data may hold NULs or integers beyond 64 bits (then all numbers
+     * come as reals, hence json_number_value below) */
+    json_t *j = json_loadb(line, len, JSON_ALLOW_NUL, NULL);
+    if (j == NULL)
+        j = json_loadb(line, len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, NULL);
 
     if (!json_is_object(j)) {
         json_decref(j);
@@ -674,7 +678,7 @@ cli_sub_line(sb_client *c, struct cli_sub *s, const char *line, size_t len)
         cli_err("server closed the subscription: %s", why ? why : "?");
         rc = 1;
     } else if (op && strcmp(op, "msg") == 0 &&
-               json_integer_value(json_object_get(j, "sub")) == s->id &&
+               (long long)json_number_value(json_object_get(j, "sub")) == s->id &&
                !s->closing) {
         cli_sub_print(s, j, line);
         s->seen++;

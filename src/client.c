@@ -670,8 +670,12 @@ static json_t *
 client_parse(sb_client *c, const char *line, size_t len)
 {
     json_error_t jerr;
-    json_t *j = json_loadb(line, len, JSON_DECODE_ANY, &jerr);
+    json_t *j = json_loadb(line, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
 
+    /* data may hold integers beyond 64 bits: take them as reals */
+    if (!j)
+        j = json_loadb(line, len, JSON_DECODE_ANY | JSON_ALLOW_NUL |
+                       JSON_DECODE_INT_AS_REAL, &jerr);
     if (!j)
         client_note(c, EPROTO, "bad JSON from the server: %s", jerr.text);
     return j;
