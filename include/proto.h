@@ -17,6 +17,7 @@ struct evbuffer;
 #define PROTO_MAX_NAME     200	/* group, consumer, type, msgid, hello name */
 #define PROTO_MAX_PREFETCH 10000
 #define PROTO_MAX_REASON   1000
+#define PROTO_MAX_DLQ_LIST 1000	/* dead letters listed by one dlq */
 
 /* Framing: find the next line in buf[0..len). */
 enum proto_frame {
@@ -36,7 +37,7 @@ enum proto_frame proto_frame_next(struct proto_framer *f, const char *buf,
 
 enum proto_op {
 	OP_HELLO, OP_PING, OP_PUB, OP_SUB, OP_ACK, OP_NACK, OP_TOUCH, OP_UNSUB,
-	OP_STATS, OP_BYE, OP__COUNT
+	OP_STATS, OP_BYE, OP_DLQ, OP_REPLAY, OP__COUNT
 };
 
 struct proto_msg {
@@ -68,6 +69,9 @@ struct proto_request {
 	long        delay_ms;	/* -1 = stream default */
 	const char *reason;
 	int         dead;
+	/* dlq, replay */
+	long        count;
+	int         all;
 };
 
 struct proto_limits {

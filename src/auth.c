@@ -164,9 +164,10 @@ auth_allows(const struct auth_token *tok, enum proto_op op, const char *stream)
 {
 	if (tok == NULL)
 		return 0;
-	if (op == OP_PUB)
+	/* replay publishes again; dlq reads what subscribers failed on */
+	if (op == OP_PUB || op == OP_REPLAY)
 		return auth_match(tok->pub, stream);
-	if (op == OP_SUB)
+	if (op == OP_SUB || op == OP_DLQ)
 		return auth_match(tok->sub, stream);
 	return 1;
 }

@@ -1931,6 +1931,158 @@ broker_goodbye(void)
 		redis_cmd(B.cmd, NULL, NULL, "DEL %s", B.live_key);
 }
 
+/* ---- dead letters: list and replay ---- */
+
+static int
+broker_is_digits(const char *s, size_t len)
+{
+	if (len == 0 || len > 18)
+		return 0;
+	for (size_t i = 0; i < len; i++)
+		if (s[i] < '0' || s[i] > '9')
+			return 0;
+	return 1;
+}
+
+/* One dead letter as a JSON object: data as the JSON it is, counts and
+ * times as numbers, the rest as strings. */
+static void
+dlq_entry_json(struct evbuffer *out, const redisReply *e)
+{
+	const redisReply *f = e->element[1];
+
+	evbuffer_add(out, "{\"id\":", 6);
+	proto_put_string(out, e->element[0]->str, e->element[0]->len);
+	for (size_t i = 0; f->type == REDIS_REPLY_ARRAY && i + 1 < f->elements; i += 2) {
+		const redisReply *k = f->element[i], *v = f->element[i + 1];
+		int raw;
+		if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING ||
+		    strcmp(k->str, "id") == 0)
+			continue;
+		raw = strcmp(k->str, "data") == 0 ? proto_json_valid(v->str, v->len) :
+		    (strcmp(k->str, "attempts") == 0 || strcmp(k->str, "dead_at") == 0) &&
+		    broker_is_digits(v->str, v->len);
+		evbuffer_add(out, ",", 1);
+		proto_put_string(out, k->str, k->len);
+		evbuffer_add(out, ":", 1);
+		if (raw)
+			evbuffer_add(out, v->str, v->len);
+		else
+			proto_put_string(out, v->str, v->len);
+	}
+	evbuffer_add(out, "}", 1);
+}
+
+static void
+dlq_done(redisReply *r, void *arg)
+{
+	struct pending *p = arg;
+	struct conn *c = pending_conn(p);
+
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+		pending_error(p, "unavailable", r && r->type == REDIS_REPLY_ERROR ? r->str :
+		    "Redis connection lost");
+		pending_free(p);
+		return;
+	}
+	if (c != NULL) {
+		proto_ok_begin(B.scratch, p->rid);
+		evbuffer_add(B.scratch, ",\"entries\":[", 12);
+		for (size_t i = 0; i < r->elements; i++) {
+			const redisReply *e = r->element[i];
+			if (e->type != REDIS_REPLY_ARRAY || e->elements < 2)
+				continue;
+			if (i > 0)
+				evbuffer_add(B.scratch, ",", 1);
+			dlq_entry_json(B.scratch, e);
+		}
+		evbuffer_add(B.scratch, "]", 1);
+		/* a full page: where the next one starts */
+		if (r->elements == p->n && r->elements > 0) {
+			const redisReply *last = r->element[r->elements - 1]->element[0];
+			evbuffer_add(B.scratch, ",\"next\":\"", 9);
+			evbuffer_add(B.scratch, last->str, last->len);
+			evbuffer_add(B.scratch, "\"", 1);
+		}
+		proto_end(B.scratch);
+		conn_reply(c, p->seq, B.scratch);
+	}
+	pending_free(p);
+}
+
+static void
+replay_done(redisReply *r, void *arg)
+{
+	struct pending *p = arg;
+	struct conn *c = pending_conn(p);
+
+	broker_check_noscript(r);
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+		pending_error(p, "unavailable", r && r->type == REDIS_REPLY_ERROR ? r->str :
+		    "Redis connection lost; retry to be sure: a replay is done once");
+		pending_free(p);
+		return;
+	}
+	log_info("broker", p->conn_id, "%s: replayed %zu dead letters", p->stream->name,
+	    r->elements);
+	if (c != NULL) {
+		proto_ok_begin(B.scratch, p->rid);
+		evbuffer_add_printf(B.scratch, ",\"replayed\":%zu,\"ids\":[", r->elements);
+		for (size_t i = 0; i < r->elements; i++) {
+			if (i > 0)
+				evbuffer_add(B.scratch, ",", 1);
+			proto_put_string(B.scratch, r->element[i]->str, r->element[i]->len);
+		}
+		evbuffer_add(B.scratch, "]", 1);
+		proto_end(B.scratch);
+		conn_reply(c, p->seq, B.scratch);
+	}
+	pending_free(p);
+}
+
+static void
+broker_dead_letters(struct conn *c, uint64_t seq, struct proto_request *req)
+{
+	struct stream *st = stream_get(req->stream);
+	struct pending *p;
+	char count[24], limit[24], now[24];
+	int rc;
+
+	if (st == NULL || (p = pending_new(c, seq, req->rid)) == NULL) {
+		reply_error(c, seq, req->rid, "overloaded", "out of memory");
+		return;
+	}
+	p->stream = st;
+	p->n = (size_t)req->count;
+	if (!redis_link_up(B.cmd)) {
+		pending_error(p, "unavailable", "Redis is not reachable");
+		pending_free(p);
+		return;
+	}
+	if (req->op == OP_DLQ) {
+		/* from: the "next" of the page before; entries after it */
+		char from[64];
+		const char *argv[] = { "XRANGE", st->dlq_key, from, "+", "COUNT", count };
+		snprintf(from, sizeof(from), "%s%s", req->from ? "(" : "", req->from ? req->from : "-");
+		snprintf(count, sizeof(count), "%ld", req->count);
+		rc = redis_cmd_argv(B.cmd, dlq_done, p, 6, argv, NULL);
+	} else {
+		const char *head[] = { "EVALSHA", B.sha, "2", st->key, st->dlq_key, "replay", "-",
+		    now, req->all ? "1" : "0", limit };
+		snprintf(now, sizeof(now), "%lld", (long long)util_wall_ms());
+		snprintf(limit, sizeof(limit), "%d", PROTO_MAX_IDS);
+		if (B.sha[0] == '\0') {
+			head[0] = "EVAL";
+			head[1] = broker_lua;
+		}
+		rc = broker_cmd_ids(replay_done, p, head, 10, req->ids, req->nids, NULL, 0);
+	}
+	if (rc != 0) {
+		pending_error(p, "unavailable", "Redis is not reachable");
+		pending_free(p);
+	}
+}
+
 /* ---- dispatch ---- */
 
 static void
@@ -1970,6 +2122,10 @@ broker_handle(struct conn *c, uint64_t seq, struct proto_request *req)
 		break;
 	case OP_STATS:
 		broker_stats(c, seq, req);
+		break;
+	case OP_DLQ:
+	case OP_REPLAY:
+		broker_dead_letters(c, seq, req);
 		break;
 	case OP_BYE:
 		reply_ok(c, seq, req->rid);

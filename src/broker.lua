@@ -8,6 +8,7 @@
 --   release: KEYS stream dlq delayset     ARGV release group consumer due retry why ids...
 --   dead:    KEYS stream dlq delayset     ARGV dead group reason now ids...
 --   retain:  KEYS stream                  ARGV retain - maxlen hard
+--   replay:  KEYS stream dlq              ARGV replay - now all limit ids...
 --   own:     KEYS stream owners           ARGV own group consumer me from liveprefix
 --   reap:    KEYS stream owners           ARGV reap group me liveprefix grace idle_ms live...
 local mode = ARGV[1]
@@ -73,6 +74,42 @@ if mode == 'retain' then
   end
   if ngroups == 0 then capped = 0 end
   return {redis.call('XLEN', KEYS[1]), capped}
+end
+
+if mode == 'replay' then
+  -- Dead letters back into their stream as new entries (every group gets
+  -- them, attempt 1), minus the dead-letter fields, plus a record of the
+  -- replay; removed from the dead-letter stream in the same step.
+  local ids = {}
+  if ARGV[4] == '1' then
+    for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', ARGV[5])) do
+      ids[#ids + 1] = e[1]
+    end
+  else
+    for i = 6, #ARGV do ids[#ids + 1] = ARGV[i] end
+  end
+  local meta = {origin_id = 1, group = 1, attempts = 1, reason = 1, dead_at = 1,
+                failures = 1, replay_of = 1, replayed_at = 1}
+  local out = {}
+  for _, id in ipairs(ids) do
+    local e = redis.call('XRANGE', KEYS[2], id, id)
+    if #e > 0 then
+      local f, args, origin = e[1][2], {KEYS[1], '*'}, id
+      for i = 1, #f, 2 do
+        if f[i] == 'origin_id' then origin = f[i + 1] end
+        if not meta[f[i]] then
+          args[#args + 1] = f[i]
+          args[#args + 1] = f[i + 1]
+        end
+      end
+      for _, v in ipairs({'replay_of', origin, 'replayed_at', ARGV[3]}) do
+        args[#args + 1] = v
+      end
+      out[#out + 1] = redis.call('XADD', unpack(args))
+      redis.call('XDEL', KEYS[2], id)
+    end
+  end
+  return out
 end
 
 local group = ARGV[2]

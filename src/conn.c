@@ -393,7 +393,8 @@ conn_refusal(struct conn *c, const struct proto_request *req)
 	if (!c->authed)
 		return "authenticate with hello and a token first";
 	if (!auth_allows(c->token, req->op, req->stream))
-		return req->op == OP_PUB ? "this token may not publish to that stream" :
+		return req->op == OP_PUB || req->op == OP_REPLAY ?
+		    "this token may not publish to that stream" :
 		    "this token may not subscribe to that stream";
 	return NULL;
 }

@@ -25,7 +25,7 @@ static const char *const proto_op_names[OP__COUNT] = {
 	[OP_HELLO] = "hello", [OP_PING] = "ping", [OP_PUB] = "pub",
 	[OP_SUB] = "sub", [OP_ACK] = "ack", [OP_NACK] = "nack",
 	[OP_TOUCH] = "touch", [OP_UNSUB] = "unsub", [OP_STATS] = "stats",
-	[OP_BYE] = "bye",
+	[OP_BYE] = "bye", [OP_DLQ] = "dlq", [OP_REPLAY] = "replay",
 };
 
 const char *
@@ -634,6 +634,24 @@ proto_parse_op(struct proto_request *req, const char *line, size_t len,
 		return 0;
 	case OP_STATS:
 		return proto_name(req->root, "stream", 0, &req->stream, err);
+	case OP_DLQ:
+		req->count = 100;
+		return proto_name(req->root, "stream", 1, &req->stream, err) != 0 ||
+		    proto_long(req->root, "count", 0, 1, PROTO_MAX_DLQ_LIST, &req->count, err) != 0 ||
+		    proto_opt_string(req->root, "from", 64, &req->from, err) < 0 ? -1 :
+		    req->from != NULL && !proto_valid_id(req->from) ?
+		    proto_fail(err, "bad_request", "from: must be a stream id") : 0;
+	case OP_REPLAY: {
+		json_t *all = json_object_get(req->root, "all");
+		if (proto_name(req->root, "stream", 1, &req->stream, err) != 0)
+			return -1;
+		if (all != NULL && !json_is_boolean(all))
+			return proto_fail(err, "bad_request", "all: must be true or false");
+		req->all = all != NULL && json_is_true(all);
+		if (req->all && (json_object_get(req->root, "ids") || json_object_get(req->root, "id")))
+			return proto_fail(err, "bad_request", "ids: give either ids or all");
+		return req->all ? 0 : proto_parse_ids(req, err);
+	}
 	case OP_PUB:
 		return proto_name(req->root, "stream", 1, &req->stream, err) != 0 ? -1 :
 		    proto_parse_pub(req, line, len, lim, err);
