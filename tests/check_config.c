@@ -279,7 +279,7 @@ START_TEST(test_every_key)
 	config_free(cfg);
 	cfg = t_load_ok("[server]\nlog_level = warn\n[redis]\nprefix =\n");
 	ck_assert_int_eq(cfg->log_level, LOG_WARN);
-	ck_assert_ptr_null(cfg->prefix);
+	ck_assert_str_eq(cfg->prefix, "");	/* no prefix, not a NULL one */
 	config_free(cfg);
 	/* A key given twice: the last one wins (and nothing leaks). */
 	cfg = t_load_ok("[server]\nlisten = 127.0.0.1:1\nlisten = 127.0.0.1:2\n"
