@@ -17,6 +17,8 @@ LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 ifneq ($(SANITIZE),)
 CFLAGS   += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS  += -fsanitize=$(SANITIZE)
+export LSAN_OPTIONS = suppressions=$(CURDIR)/tests/lsan.supp
+export UBSAN_OPTIONS = print_stacktrace=1:halt_on_error=1
 endif
 
 CORE_SRCS   := src/auth.c src/log.c src/config.c src/proto.c src/metrics.c src/redis.c \
@@ -27,7 +29,7 @@ BINS        := src/streambusd src/streambus-cli perf/streambus-bench
 
 CHECK_LIBS  := $(shell pkg-config --libs check 2>/dev/null)
 UNIT_TESTS  := tests/check_proto tests/check_config tests/check_metrics
-INTEG_TESTS := tests/check_integration
+INTEG_TESTS := tests/check_integration tests/check_abuse
 TESTS       := $(UNIT_TESTS) $(INTEG_TESTS)
 
 .PHONY: all deps run check unit integration bench chaos chaos-short clean install uninstall
