@@ -65,6 +65,7 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_write_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_process(struct conn *c, const char *buf, size_t len);
 static void conn_update_read(struct conn *c);
+static void conn_process_kept(struct conn *c);
 
 /* idle_timeout_ms: a connection that sent nothing for that long and holds
  * no subscription (a consumer may wait quietly for rare events) is closed
@@ -361,12 +362,7 @@ conn_update_read(struct conn *c)
 		c->read_paused = 0;
 		/* Lines already buffered go first. */
 		if (c->inlen > 0) {
-			char *buf = c->inbuf;
-			size_t len = c->inlen;
-			c->inbuf = NULL;
-			c->inlen = c->incap = 0;
-			conn_process(c, buf, len);
-			free(buf);
+			conn_process_kept(c);
 			if (c->state != CONN_OPEN || c->read_paused)
 				return;
 		}
@@ -506,6 +502,19 @@ conn_process(struct conn *c, const char *buf, size_t len)
 		conn_close(c, "out of memory", 0);
 }
 
+/* Frame what was kept from earlier reads (it may leave a new partial). */
+static void
+conn_process_kept(struct conn *c)
+{
+	char *buf = c->inbuf;
+	size_t len = c->inlen;
+
+	c->inbuf = NULL;
+	c->inlen = c->incap = 0;
+	conn_process(c, buf, len);
+	free(buf);
+}
+
 static void
 conn_read_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -533,14 +542,7 @@ conn_read_cb(evutil_socket_t fd, short what, void *arg)
 		conn_close(c, "out of memory", 0);
 		return;
 	}
-	{
-		char *buf = c->inbuf;
-		size_t len = c->inlen;
-		c->inbuf = NULL;
-		c->inlen = c->incap = 0;
-		conn_process(c, buf, len);
-		free(buf);
-	}
+	conn_process_kept(c);
 }
 
 /* ---- accept ---- */
