@@ -22,7 +22,8 @@ export UBSAN_OPTIONS = print_stacktrace=1:halt_on_error=1
 endif
 
 CORE_SRCS   := src/auth.c src/log.c src/config.c src/proto.c src/metrics.c src/redis.c \
-               src/broker.c src/conn.c src/http.c src/util.c
+               src/broker.c src/conn.c src/http.c src/util.c \
+               src/sentinel.c
 CORE_OBJS   := $(CORE_SRCS:.c=.o)
 CLIENT_OBJS := src/client.o
 BINS        := src/streambusd src/streambus-cli perf/streambus-bench

@@ -63,6 +63,8 @@ struct config {
 	long    max_inflight;
 	long    connect_timeout_ms;
 	long    pub_wait_ms;
+	char   *sentinels;		/* "host:port,host:port", or NULL */
+	char   *master_name;
 	/* [defaults] and [stream NAME] */
 	struct stream_conf defaults;
 	struct stream_conf *streams;

@@ -42,6 +42,8 @@ int redis_cmd(struct redis_link *l, redis_cb *cb, void *arg, const char *fmt, ..
 
 /* Where to connect and how to log in; applies to links started after. */
 void redis_configure(const struct config *cfg);
+/* Sentinel's answer: reconnect every link to this master. */
+void redis_set_master(const char *host, int port);
 /* Number of links connected or connecting. */
 int redis_link_count(void);
 void redis_cleanup(void);

@@ -47,6 +47,8 @@ static const struct config_key config_keys[] = {
 	{ "redis", "max_inflight", KEY_LONG, S(max_inflight), 1, 10000000 },
 	{ "redis", "connect_timeout_ms", KEY_LONG, S(connect_timeout_ms), 10, 600000 },
 	{ "redis", "pub_wait_ms", KEY_LONG, S(pub_wait_ms), 0, 600000 },
+	{ "redis", "sentinels", KEY_STRING, S(sentinels), 0, 0 },
+	{ "redis", "master_name", KEY_STRING, S(master_name), 0, 0 },
 	{ "stream", "ack_timeout_ms", KEY_LONG, T(ack_timeout_ms), 100, 86400000 },
 	{ "stream", "max_attempts", KEY_LONG, T(max_attempts), 1, 1000 },
 	{ "stream", "retry_delay_ms", KEY_LONG, T(retry_delay_ms), 0, 86400000 },
@@ -547,10 +549,8 @@ config_handler(void *user, const char *section, const char *name, const char *va
 	int in_stream = p->stream != NULL;
 
 	(void)section;	/* libinih's copy is cut at 50 bytes; ours is whole */
-	if (strcmp(sec, "redis") == 0 && (strcmp(name, "cluster") == 0 ||
-	    strcmp(name, "sentinels") == 0 || strcmp(name, "master_name") == 0)) {
-		config_fail(p, "redis.%s: Sentinel and Cluster are not supported by this version",
-		    name);
+	if (strcmp(sec, "redis") == 0 && strcmp(name, "cluster") == 0) {
+		config_fail(p, "redis.cluster: Redis Cluster is not supported by this version");
 		return 1;
 	}
 	if (sec[0] == '\0') {
@@ -618,6 +618,10 @@ config_parse(struct config *cfg, struct config_parse *p, const char *name,
 	}
 	if (p->err_line != 0) {
 		snprintf(err, errlen, "%s:%d: %s", name, p->err_line, p->err);
+		return -1;
+	}
+	if ((cfg->sentinels == NULL) != (cfg->master_name == NULL)) {
+		snprintf(err, errlen, "%s: redis.sentinels and redis.master_name go together", name);
 		return -1;
 	}
 	config_finish(cfg);

@@ -23,6 +23,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "redis.h"
+#include "sentinel.h"
 #include "util.h"
 
 #define MAIN_STOP_POLL_MS 20
@@ -318,6 +319,11 @@ main(int argc, char **argv)
 	}
 	conn_set_config(M.cfg);
 	conn_set_auth(M.auth);
+	if (sentinel_start(M.base, M.cfg) != 0) {
+		log_err("main", 0, "cannot start Sentinel discovery");
+		rc = 1;
+		goto out;
+	}
 	if (conn_listen(M.cfg->listen, M.cfg->unix_socket) != 0 ||
 	    (M.cfg->metrics_listen != NULL && http_start(M.base, M.cfg->metrics_listen) != 0)) {
 		rc = 1;
@@ -349,6 +355,7 @@ out:
 	if (M.notify_timer != NULL)
 		event_free(M.notify_timer);
 	http_stop();
+	sentinel_stop();
 	conn_stop_listening();
 	conn_free_all();
 	broker_free();

@@ -21,6 +21,7 @@
 #define REDIS_BACKOFF_MAX_MS 5000
 
 struct redis_link {
+	struct redis_link *next;	/* every link, for a switch of master */
 	char               name[64];
 	struct event_base *base;
 	redisAsyncContext *ac;
@@ -47,6 +48,7 @@ static struct redis_settings {
 } redis_settings = { "127.0.0.1", 6379, NULL, NULL, 0, 2000 };
 
 static int redis_nlinks;
+static struct redis_link *redis_links;
 
 /* Every command needs a call record: keep freed ones for reuse (bounded). */
 #define REDIS_CALL_CACHE 4096
@@ -82,7 +84,9 @@ static void redis_lost(struct redis_link *l, const char *why);
 void
 redis_configure(const struct config *cfg)
 {
-	snprintf(redis_settings.host, sizeof(redis_settings.host), "%s", cfg->redis.host);
+	/* With Sentinel the master is unknown until a sentinel names it. */
+	snprintf(redis_settings.host, sizeof(redis_settings.host), "%s",
+	    cfg->sentinels != NULL ? "" : cfg->redis.host);
 	redis_settings.port = cfg->redis.port;
 	free(redis_settings.user);
 	free(redis_settings.password);
@@ -342,6 +346,8 @@ redis_link_new(struct event_base *base, const char *name, redis_state_cb *on_sta
 		free(l);
 		return NULL;
 	}
+	l->next = redis_links;
+	redis_links = l;
 	return l;
 }
 
@@ -350,8 +356,8 @@ redis_link_start(struct redis_link *l)
 {
 	redisAsyncContext *ac;
 
-	if (l->state != REDIS_DOWN)
-		return;
+	if (l->state != REDIS_DOWN || redis_settings.host[0] == '\0')
+		return;		/* or waiting for Sentinel: redis_set_master starts it */
 	if (l->failures > 0)
 		metrics.redis_reconnects++;
 	log_debug("redis", 0, "%s: connecting (attempt %d)", l->name, l->failures + 1);
@@ -396,6 +402,11 @@ redis_link_free(struct redis_link *l)
 		return;
 	ac = l->ac;
 	l->on_state = NULL;
+	for (struct redis_link **pp = &redis_links; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == l) {
+			*pp = l->next;
+			break;
+		}
 	redis_set_state(l, REDIS_CLOSED);
 	l->ac = NULL;
 	if (ac != NULL) {
@@ -408,6 +419,26 @@ redis_link_free(struct redis_link *l)
 	 * then answers the pending commands later: free the link after. */
 	if (event_base_once(l->base, -1, EV_TIMEOUT, redis_link_destroy, l, NULL) != 0)
 		free(l);
+}
+
+/* Sentinel named a (new) master: every link reconnects there.  Commands
+ * in flight on the old one are answered NULL (indeterminate). */
+void
+redis_set_master(const char *host, int port)
+{
+	if (strcmp(host, redis_settings.host) == 0 && port == redis_settings.port)
+		return;
+	log_warn("redis", 0, "master is now %s:%d (was %s:%d)", host, port,
+	    redis_settings.host, redis_settings.port);
+	snprintf(redis_settings.host, sizeof(redis_settings.host), "%s", host);
+	redis_settings.port = port;
+	for (struct redis_link *l = redis_links; l != NULL; l = l->next) {
+		if (l->state == REDIS_DOWN) {
+			l->failures = 0;
+			redis_schedule(l, 0);
+		} else
+			redis_lost(l, "master changed");
+	}
 }
 
 int
