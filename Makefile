@@ -18,6 +18,9 @@ ifneq ($(SANITIZE),)
 CFLAGS   += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS  += -fsanitize=$(SANITIZE)
 export LSAN_OPTIONS = suppressions=$(CURDIR)/tests/lsan.supp
+# full stacks through libraries built without frame pointers (jansson),
+# so that the suppressions see where a leak comes from
+export ASAN_OPTIONS = fast_unwind_on_malloc=0
 export UBSAN_OPTIONS = print_stacktrace=1:halt_on_error=1
 endif
 

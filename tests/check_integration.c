@@ -684,7 +684,7 @@ START_TEST(t_overloaded)
     ck_assert_int_eq(h_redis_int("XLEN sb:ov"), 1 + ok);
     /* a second subscription over max_subs_per_conn */
     h_sub(c, "ov", "g", NULL, 1, NULL);
-    h_err(h_req(c, "{'op':'sub','stream':'ov','group':'g2'}"), "overloaded");
+    json_decref(h_err(h_req(c, "{'op':'sub','stream':'ov','group':'g2'}"), "overloaded"));
 }
 END_TEST
 

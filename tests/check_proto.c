@@ -768,6 +768,7 @@ START_TEST(test_op_names)
 {
 	static const char *const names[OP__COUNT] = {
 		"hello", "ping", "pub", "sub", "ack", "nack", "touch", "unsub", "stats", "bye",
+		"dlq", "replay",
 	};
 	struct proto_request r;
 
