@@ -101,7 +101,7 @@ integration: all $(INTEG_TESTS)
 
 check: deps
 	@$(MAKE) --no-print-directory all $(TESTS)
-	@$(MAKE) --no-print-directory unit integration check-ops
+	@$(MAKE) --no-print-directory unit integration chaos-short check-ops
 
 CHAOS := tests/chaos/chaos
 $(CHAOS): tests/chaos/chaos.c tests/harness.o $(CORE_OBJS) $(CLIENT_OBJS) $(wildcard include/*.h tests/*.h)
