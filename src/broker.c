@@ -1988,11 +1988,11 @@ dlq_done(redisReply *r, void *arg)
 	if (c != NULL) {
 		proto_ok_begin(B.scratch, p->rid);
 		evbuffer_add(B.scratch, ",\"entries\":[", 12);
-		for (size_t i = 0; i < r->elements; i++) {
+		for (size_t i = 0, n = 0; i < r->elements; i++) {
 			const redisReply *e = r->element[i];
 			if (e->type != REDIS_REPLY_ARRAY || e->elements < 2)
 				continue;
-			if (i > 0)
+			if (n++ > 0)
 				evbuffer_add(B.scratch, ",", 1);
 			dlq_entry_json(B.scratch, e);
 		}
@@ -2023,8 +2023,8 @@ replay_done(redisReply *r, void *arg)
 		pending_free(p);
 		return;
 	}
-	log_info("broker", p->conn_id, "%s: replayed %zu dead letters", p->stream->name,
-	    r->elements);
+	log_info("broker", p->conn_id, "%s: replayed %zu dead letters",
+	    json_string_value(p->result), r->elements);
 	if (c != NULL) {
 		proto_ok_begin(B.scratch, p->rid);
 		evbuffer_add_printf(B.scratch, ",\"replayed\":%zu,\"ids\":[", r->elements);
@@ -2040,23 +2040,31 @@ replay_done(redisReply *r, void *arg)
 	pending_free(p);
 }
 
+/* dlq and replay.  Asking about a stream does not make it known here (a
+ * typo must not become a stream in stats and metrics): keys are built for
+ * the request. */
 static void
 broker_dead_letters(struct conn *c, uint64_t seq, struct proto_request *req)
 {
-	struct stream *st = stream_get(req->stream);
 	struct pending *p;
 	char count[24], limit[24], now[24];
+	char *key = broker_key(req->stream, ""), *dlq_key = broker_key(req->stream, ":dlq");
+	struct { const char *key, *dlq_key; } keys = { key, dlq_key }, *st = &keys;
 	int rc;
 
-	if (st == NULL || (p = pending_new(c, seq, req->rid)) == NULL) {
+	if (key == NULL || dlq_key == NULL || (p = pending_new(c, seq, req->rid)) == NULL) {
+		free(key);
+		free(dlq_key);
 		reply_error(c, seq, req->rid, "overloaded", "out of memory");
 		return;
 	}
-	p->stream = st;
+	p->result = json_string(req->stream);
 	p->n = (size_t)req->count;
 	if (!redis_link_up(B.cmd)) {
 		pending_error(p, "unavailable", "Redis is not reachable");
 		pending_free(p);
+		free(key);
+		free(dlq_key);
 		return;
 	}
 	if (req->op == OP_DLQ) {
@@ -2081,6 +2089,8 @@ broker_dead_letters(struct conn *c, uint64_t seq, struct proto_request *req)
 		pending_error(p, "unavailable", "Redis is not reachable");
 		pending_free(p);
 	}
+	free(key);
+	free(dlq_key);
 }
 
 /* ---- dispatch ---- */

@@ -32,6 +32,12 @@
 #define CLI_SUB_SLICE_MS       250     /* how often sub looks at SIGINT */
 #define CLI_ACK_BATCH          256     /* ids per ack request */
 #define CLI_STATS_COLS         7
+#define CLI_TABLE_MAX_COLS     8
+#define CLI_DLQ_COLS           7
+#define CLI_DLQ_PAGE           1000    /* dead letters per dlq request (server max) */
+#define CLI_DLQ_CELL_MAX       40      /* characters of reason and data shown */
+#define CLI_REPLAY_BATCH       1000    /* ids per replay request */
+#define CLI_BENCH              "streambus-bench"
 
 enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
 
@@ -40,6 +46,7 @@ struct cli_global {
     const char *token;
     const char *name;
     int         timeout_ms;
+    const char *self;          /* argv[0] */
 };
 
 static volatile sig_atomic_t cli_interrupted;
@@ -58,6 +65,13 @@ static const char cli_usage_text[] =
 "                           print deliveries (acknowledging each unless\n"
 "                           --no-ack) until --count N, SIGINT or server bye\n"
 "  stats [STREAM] [--json]  streams with their groups, pending and lag\n"
+"  dlq ls STREAM [--count N] [--json]\n"
+"                           list the dead letters of STREAM, oldest first\n"
+"  dlq replay STREAM ID...|--all\n"
+"                           put dead letters back into STREAM as new\n"
+"                           messages; print their new ids\n"
+"  bench [ARGS]             run streambus-bench against the server\n"
+"                           (--addr from -s; 'bench --help' lists ARGS)\n"
 "\n"
 "Options:\n"
 "  -s, --server ADDR   HOST:PORT, [IPV6]:PORT or a Unix socket path\n"
@@ -146,6 +160,19 @@ cli_bad_option(int ch, char **argv)
     if (optopt && arg[0] == '-' && arg[1] != '-')
         return cli_usage_error("unknown option '-%c'", optopt);
     return cli_usage_error("unknown option '%s'", arg);
+}
+
+/* A server line as JSON.  data may hold NULs or integers beyond 64 bits
+ * (then every number of the line comes as a real, hence json_number_value
+ * where a number is read). */
+static json_t *
+cli_parse_line(const char *line, size_t len)
+{
+    json_t *j = json_loadb(line, len, JSON_ALLOW_NUL, NULL);
+
+    if (j == NULL)
+        j = json_loadb(line, len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, NULL);
+    return j;
 }
 
 /* ---- connection -------------------------------------------------------- */
@@ -656,11 +683,7 @@ cli_sub_print(const struct cli_sub *s, const json_t *msg, const char *raw)
 static int
 cli_sub_line(sb_client *c, struct cli_sub *s, const char *line, size_t len)
 {
-    /* data may hold NULs or integers beyond 64 bits (then all numbers
-     * come as reals, hence json_number_value below) */
-    json_t *j = json_loadb(line, len, JSON_ALLOW_NUL, NULL);
-    if (j == NULL)
-        j = json_loadb(line, len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, NULL);
+    json_t *j = cli_parse_line(line, len);
 
     if (!json_is_object(j)) {
         json_decref(j);
@@ -866,82 +889,133 @@ cli_cell(const json_t *v)
     return strdup(buf);
 }
 
+/* Text width of a table cell: UTF-8 characters, not bytes. */
+static int
+cli_text_width(const char *s)
+{
+    int w = 0;
+
+    for (; *s; s++)
+        w += ((unsigned char)*s & 0xC0) != 0x80;
+    return w;
+}
+
+/* A table printed in columns as wide as their widest cell.  Rows may be
+ * flushed in parts (dlq ls prints page by page): columns only widen, and
+ * the header is printed once, with the first part. */
 struct cli_table {
-    char  **cells;             /* rows * CLI_STATS_COLS */
-    size_t  rows, cap;
-    int     width[CLI_STATS_COLS];
+    int                ncols;
+    const char *const *head;
+    const int         *numeric;       /* right-aligned columns */
+    char             **cells;         /* rows * ncols, owned */
+    size_t             rows, cap;
+    int                width[CLI_TABLE_MAX_COLS];
+    int                head_done;
 };
 
+/* Takes the ncols cells of row (freeing them on failure); -1 when one of
+ * them is NULL or out of memory. */
 static int
-cli_table_add(struct cli_table *t, const json_t *st, const json_t *grp)
+cli_table_add(struct cli_table *t, char **row)
 {
-    if (t->rows == t->cap) {
+    int ok = 1;
+
+    for (int i = 0; i < t->ncols; i++)
+        ok &= row[i] != NULL;
+    if (ok && t->rows == t->cap) {
         size_t cap = t->cap ? t->cap * 2 : 16;
-        char **p = realloc(t->cells, cap * CLI_STATS_COLS * sizeof *p);
-        if (!p)
-            return -1;
-        t->cells = p;
-        t->cap = cap;
+        char **p = realloc(t->cells, cap * (size_t)t->ncols * sizeof *p);
+        if (p) {
+            t->cells = p;
+            t->cap = cap;
+        }
+        ok = p != NULL;
     }
+    if (!ok) {
+        for (int i = 0; i < t->ncols; i++)
+            free(row[i]);
+        return -1;
+    }
+    memcpy(t->cells + t->rows * (size_t)t->ncols, row, (size_t)t->ncols * sizeof *row);
+    t->rows++;
+    return 0;
+}
+
+static void
+cli_table_row(const struct cli_table *t, const char *const *row)
+{
+    for (int i = 0; i < t->ncols; i++) {
+        int pad = t->width[i] - cli_text_width(row[i]);
+        if (i)
+            fputs("  ", stdout);
+        if (t->numeric[i] && pad > 0)
+            printf("%*s", pad, "");
+        fputs(row[i], stdout);
+        if (!t->numeric[i] && i < t->ncols - 1 && pad > 0)
+            printf("%*s", pad, "");
+    }
+    putchar('\n');
+}
+
+/* Prints the rows added so far (after the header, the first time) and
+ * frees them. */
+static void
+cli_table_flush(struct cli_table *t)
+{
+    size_t n = t->rows * (size_t)t->ncols;
+
+    for (int i = 0; i < t->ncols && !t->head_done; i++)
+        if (cli_text_width(t->head[i]) > t->width[i])
+            t->width[i] = cli_text_width(t->head[i]);
+    for (size_t r = 0; r < n; r++) {
+        int w = cli_text_width(t->cells[r]);
+        if (w > t->width[r % t->ncols])
+            t->width[r % t->ncols] = w;
+    }
+    if (!t->head_done)
+        cli_table_row(t, t->head);
+    t->head_done = 1;
+    for (size_t r = 0; r < t->rows; r++)
+        cli_table_row(t, (const char *const *)t->cells + r * t->ncols);
+    for (size_t r = 0; r < n; r++)
+        free(t->cells[r]);
+    t->rows = 0;
+}
+
+static void
+cli_table_free(struct cli_table *t)
+{
+    for (size_t r = 0; r < t->rows * (size_t)t->ncols; r++)
+        free(t->cells[r]);
+    free(t->cells);
+}
+
+static const char *const cli_stats_head[CLI_STATS_COLS] = {
+    "STREAM", "LENGTH", "DLQ", "GROUP", "CONSUMERS", "PENDING", "LAG"
+};
+static const int cli_stats_numeric[CLI_STATS_COLS] = { 0, 1, 1, 0, 1, 1, 1 };
+
+static int
+cli_stats_add(struct cli_table *t, const json_t *st, const json_t *grp)
+{
     const json_t *vals[CLI_STATS_COLS] = {
         json_object_get(st, "stream"), json_object_get(st, "length"),
         json_object_get(st, "dlq_length"), json_object_get(grp, "group"),
         json_object_get(grp, "consumers"), json_object_get(grp, "pending"),
         json_object_get(grp, "lag"),
     };
-    char **row = t->cells + t->rows * CLI_STATS_COLS;
-    for (int i = 0; i < CLI_STATS_COLS; i++) {
-        row[i] = cli_cell(vals[i]);
-        if (!row[i]) {
-            while (i-- > 0)
-                free(row[i]);
-            return -1;
-        }
-    }
-    t->rows++;
-    return 0;
-}
-
-static void
-cli_table_print(struct cli_table *t)
-{
-    static const char *head[CLI_STATS_COLS] = {
-        "STREAM", "LENGTH", "DLQ", "GROUP", "CONSUMERS", "PENDING", "LAG"
-    };
-    static const int numeric[CLI_STATS_COLS] = { 0, 1, 1, 0, 1, 1, 1 };
+    char *row[CLI_STATS_COLS];
 
     for (int i = 0; i < CLI_STATS_COLS; i++)
-        t->width[i] = (int)strlen(head[i]);
-    for (size_t r = 0; r < t->rows * CLI_STATS_COLS; r++) {
-        int w = (int)strlen(t->cells[r]);
-        if (w > t->width[r % CLI_STATS_COLS])
-            t->width[r % CLI_STATS_COLS] = w;
-    }
-    for (size_t r = 0; r <= t->rows; r++) {
-        for (int i = 0; i < CLI_STATS_COLS; i++) {
-            const char *cell = r == 0 ? head[i]
-                                      : t->cells[(r - 1) * CLI_STATS_COLS + i];
-            int w = numeric[i] ? t->width[i] : -t->width[i];
-            if (i == CLI_STATS_COLS - 1 && !numeric[i])
-                w = 0;
-            printf("%s%*s", i ? "  " : "", w, cell);
-        }
-        putchar('\n');
-    }
-}
-
-static void
-cli_table_free(struct cli_table *t)
-{
-    for (size_t r = 0; r < t->rows * CLI_STATS_COLS; r++)
-        free(t->cells[r]);
-    free(t->cells);
+        row[i] = cli_cell(vals[i]);
+    return cli_table_add(t, row);
 }
 
 static int
 cli_stats_table(const json_t *reply)
 {
-    struct cli_table t = { 0 };
+    struct cli_table t = { .ncols = CLI_STATS_COLS, .head = cli_stats_head,
+                           .numeric = cli_stats_numeric };
     const json_t *streams = json_object_get(reply, "streams");
     size_t i, k;
     json_t *st, *grp;
@@ -949,15 +1023,15 @@ cli_stats_table(const json_t *reply)
 
     json_array_foreach(streams, i, st) {
         const json_t *groups = json_object_get(st, "groups");
-        if (json_array_size(groups) == 0 && cli_table_add(&t, st, NULL) < 0)
+        if (json_array_size(groups) == 0 && cli_stats_add(&t, st, NULL) < 0)
             rc = CLI_FAIL;
         json_array_foreach(groups, k, grp) {
-            if (cli_table_add(&t, st, grp) < 0)
+            if (cli_stats_add(&t, st, grp) < 0)
                 rc = CLI_FAIL;
         }
     }
     if (rc == CLI_OK)
-        cli_table_print(&t);
+        cli_table_flush(&t);
     else
         cli_err("out of memory");
     cli_table_free(&t);
@@ -1010,6 +1084,563 @@ cli_cmd_stats(const struct cli_global *g, int argc, char **argv)
     return rc;
 }
 
+/* ---- dlq: the server's text ------------------------------------------- */
+
+/* dlq ls shows data as the server wrote it, so that it keeps its bytes
+ * (numbers their digits, also beyond 64 bits), and --json each entry as
+ * the server wrote it, as sub --json does.  These find them in the reply
+ * line, which has already been parsed as JSON: they only skip, they do not
+ * check. */
+
+static const char *
+cli_json_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+        p++;
+    return p;
+}
+
+/* Just past the string that starts at p, or NULL. */
+static const char *
+cli_json_string_end(const char *p, const char *end)
+{
+    for (p++; p < end; p++) {
+        if (*p == '\\' && ++p == end)
+            break;
+        if (*p == '"')
+            return p + 1;
+    }
+    return NULL;
+}
+
+/* Just past the value that starts at p, or NULL. */
+static const char *
+cli_json_value_end(const char *p, const char *end)
+{
+    int depth = 0;
+
+    if (p < end && *p == '"')
+        return cli_json_string_end(p, end);
+    if (p < end && *p != '{' && *p != '[') {
+        while (p < end && !memchr(",}] \t\r\n", *p, 7))
+            p++;
+        return p;
+    }
+    while (p < end) {
+        if (*p == '"') {
+            if ((p = cli_json_string_end(p, end)) == NULL)
+                return NULL;
+            continue;
+        }
+        if (*p == '{' || *p == '[')
+            depth++;
+        else if ((*p == '}' || *p == ']') && --depth == 0)
+            return p + 1;
+        p++;
+    }
+    return NULL;
+}
+
+/* The value of member name of the object at p: its start, and its end
+ * in *vend; NULL when the object has no such member.  The first one when
+ * the name repeats (the server repeats none that we look for). */
+static const char *
+cli_json_member(const char *p, const char *end, const char *name, const char **vend)
+{
+    size_t n = strlen(name);
+
+    p = cli_json_ws(p, end);
+    if (p == end || *p++ != '{')
+        return NULL;
+    for (p = cli_json_ws(p, end); p < end && *p == '"';) {
+        const char *key = p;
+        if ((p = cli_json_string_end(p, end)) == NULL)
+            return NULL;
+        int match = (size_t)(p - key) == n + 2 && memcmp(key + 1, name, n) == 0;
+        p = cli_json_ws(p, end);
+        if (p == end || *p++ != ':')
+            return NULL;
+        p = cli_json_ws(p, end);
+        if ((*vend = cli_json_value_end(p, end)) == NULL)
+            return NULL;
+        if (match)
+            return p;
+        p = cli_json_ws(*vend, end);
+        if (p < end && *p == ',')
+            p = cli_json_ws(p + 1, end);
+    }
+    return NULL;
+}
+
+/* Calls fn with the text of each element of the array p..end. */
+static int
+cli_json_each(const char *p, const char *end,
+              int (*fn)(void *, const char *, size_t), void *arg)
+{
+    if (p == end || *p++ != '[')
+        return -1;
+    for (p = cli_json_ws(p, end); p < end && *p != ']';) {
+        const char *e = cli_json_value_end(p, end);
+        if (e == NULL || fn(arg, p, (size_t)(e - p)) < 0)
+            return -1;
+        p = cli_json_ws(e, end);
+        if (p < end && *p == ',')
+            p = cli_json_ws(p + 1, end);
+    }
+    return p < end ? 0 : -1;
+}
+
+/* ---- dlq ls -------------------------------------------------------------- */
+
+static const char *const cli_dlq_head[CLI_DLQ_COLS] = {
+    "ID", "ORIGIN_ID", "GROUP", "ATTEMPTS", "REASON", "DEAD_AT", "DATA"
+};
+static const int cli_dlq_numeric[CLI_DLQ_COLS] = { 0, 0, 0, 1, 0, 0, 0 };
+
+struct cli_dlq_ls {
+    const char      *stream;
+    long             count;        /* 0: every dead letter */
+    int              json;
+    long             listed;
+    char            *from;         /* "next" of the page before */
+    struct cli_table table;
+};
+
+/* Sends req and reads up to its reply, returned parsed, with its text in
+ * *line (valid until the next read on c).  NULL, the error printed, on
+ * failure or when the server says bye first. */
+static json_t *
+cli_request_line(sb_client *c, const struct cli_global *g, const json_t *req,
+                 const char *what, const char **line, size_t *len)
+{
+    if (sb_send_json(c, req) < 0 || sb_flush(c) < 0) {
+        cli_err("%s: %s", what, sb_strerror(c));
+        return NULL;
+    }
+    for (;;) {
+        *line = sb_read_line(c, len, g->timeout_ms);
+        if (!*line) {
+            cli_err("%s: %s", what, sb_strerror(c));
+            return NULL;
+        }
+        json_t *j = cli_parse_line(*line, *len);
+        if (json_is_object(j) && json_object_get(j, "ok"))
+            return j;
+        const char *op = json_string_value(json_object_get(j, "op"));
+        if (op && strcmp(op, "bye") == 0) {
+            const char *why = json_string_value(json_object_get(j, "reason"));
+            cli_err("server is closing the connection: %s", why ? why : "?");
+            json_decref(j);
+            return NULL;
+        }
+        json_decref(j);
+    }
+}
+
+/* A copy of s for a table cell: white space as ' ', other control
+ * characters as '?', at most max characters (UTF-8 sequences kept whole),
+ * "..." marking a cut. */
+static char *
+cli_clip(const char *s, int max)
+{
+    size_t cut = strlen(s);
+
+    if (cli_text_width(s) > max) {
+        int chars = 0;
+        for (cut = 0; s[cut]; cut++)
+            if (((unsigned char)s[cut] & 0xC0) != 0x80 && chars++ == max - 3)
+                break;
+    }
+    char *out = malloc(cut + 4);
+    if (!out)
+        return NULL;
+    memcpy(out, s, cut);
+    strcpy(out + cut, s[cut] ? "..." : "");
+    for (char *p = out; *p; p++) {
+        if (*p == '\t' || *p == '\r' || *p == '\n')
+            *p = ' ';
+        else if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+    }
+    return out;
+}
+
+/* Milliseconds since the epoch as UTC ISO 8601 (2026-11-25T21:59:05.123Z);
+ * anything else as cli_cell shows it. */
+static char *
+cli_iso_ms(const json_t *v)
+{
+    char buf[64];
+    struct tm tm;
+    double ms = json_number_value(v);
+
+    if (!json_is_number(v) || ms < 0 || ms > 253402300799999.0)   /* year 9999 */
+        return cli_cell(v);
+    long long t = (long long)ms;
+    time_t sec = (time_t)(t / 1000);
+    if (!gmtime_r(&sec, &tm))
+        return cli_cell(v);
+    size_t n = strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf + n, sizeof buf - n, ".%03dZ", (int)(t % 1000));
+    return strdup(buf);
+}
+
+/* One entry (its text in the reply) as a table row. */
+static int
+cli_dlq_add(void *arg, const char *text, size_t len)
+{
+    struct cli_dlq_ls *ls = arg;
+    const char *dend, *data = cli_json_member(text, text + len, "data", &dend);
+    char *raw = data ? strndup(data, (size_t)(dend - data)) : NULL;
+    json_t *e = cli_parse_line(text, len);
+    const char *reason = json_string_value(json_object_get(e, "reason"));
+    char *row[CLI_DLQ_COLS] = {
+        cli_cell(json_object_get(e, "id")),
+        cli_cell(json_object_get(e, "origin_id")),
+        cli_cell(json_object_get(e, "group")),
+        cli_cell(json_object_get(e, "attempts")),
+        cli_clip(reason ? reason : "-", CLI_DLQ_CELL_MAX),
+        cli_iso_ms(json_object_get(e, "dead_at")),
+        cli_clip(raw ? raw : "-", CLI_DLQ_CELL_MAX),
+    };
+
+    free(raw);
+    json_decref(e);
+    if (cli_table_add(&ls->table, row) == 0)
+        return 0;
+    cli_err("out of memory");
+    return -1;
+}
+
+static int
+cli_dlq_print_raw(void *arg, const char *text, size_t len)
+{
+    (void)arg;
+    fwrite(text, 1, len, stdout);
+    putchar('\n');
+    return 0;
+}
+
+/* Prints the entries of the reply line of one page: as table rows, or as
+ * the server wrote them. */
+static int
+cli_dlq_print(struct cli_dlq_ls *ls, const char *line, size_t len)
+{
+    const char *end, *entries = cli_json_member(line, line + len, "entries", &end);
+
+    if (!entries ||
+        cli_json_each(entries, end, ls->json ? cli_dlq_print_raw : cli_dlq_add, ls) < 0) {
+        cli_err("dlq: unexpected reply: %.*s", (int)(len < 200 ? len : 200), line);
+        return -1;
+    }
+    if (!ls->json)
+        cli_table_flush(&ls->table);
+    return 0;
+}
+
+/* One dlq request, its entries printed: 1 when there are more to ask
+ * for, 0 when done, -1 on failure. */
+static int
+cli_dlq_page(sb_client *c, const struct cli_global *g, struct cli_dlq_ls *ls)
+{
+    long want = CLI_DLQ_PAGE;
+    const char *line;
+    size_t len;
+
+    if (ls->count > 0 && ls->count - ls->listed < want)
+        want = ls->count - ls->listed;
+    json_t *req = json_pack("{s:s, s:s, s:I}", "op", "dlq", "stream", ls->stream,
+                            "count", (json_int_t)want);
+    if (ls->from)
+        json_object_set_new(req, "from", json_string(ls->from));
+    json_t *reply = cli_request_line(c, g, req, "dlq", &line, &len);
+    json_decref(req);
+    if (!reply)
+        return -1;
+    int rc = -1;
+    if (cli_reply_failed(reply, NULL) == 0 && cli_dlq_print(ls, line, len) == 0) {
+        const char *next = json_string_value(json_object_get(reply, "next"));
+        size_t n = json_array_size(json_object_get(reply, "entries"));
+        ls->listed += (long)n;
+        rc = 0;
+        if (next && n > 0 && (ls->count == 0 || ls->listed < ls->count)) {
+            free(ls->from);
+            ls->from = strdup(next);
+            rc = ls->from ? 1 : -1;
+        }
+    }
+    json_decref(reply);
+    return rc;
+}
+
+static int
+cli_dlq_ls_run(const struct cli_global *g, struct cli_dlq_ls *ls)
+{
+    sb_client *c = cli_open(g);
+    if (!c)
+        return CLI_FAIL;
+    int r;
+    while ((r = cli_dlq_page(c, g, ls)) > 0)
+        ;
+    fflush(stdout);
+    sb_close(c);
+    cli_table_free(&ls->table);
+    free(ls->from);
+    return r < 0 ? CLI_FAIL : CLI_OK;
+}
+
+static int
+cli_dlq_ls(const struct cli_global *g, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        { "count", required_argument, NULL, 'n' },
+        { "json",  no_argument,       NULL, 'j' },
+        { "help",  no_argument,       NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
+    struct cli_dlq_ls ls = {
+        .table = { .ncols = CLI_DLQ_COLS, .head = cli_dlq_head,
+                   .numeric = cli_dlq_numeric },
+    };
+    int ch;
+
+    optind = 0;
+    while ((ch = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'j': ls.json = 1; break;
+        case 'n':
+            if (cli_parse_long(optarg, 1, LONG_MAX, &ls.count) < 0)
+                return cli_usage_error("--count: expected a positive number, got '%s'", optarg);
+            break;
+        case 'h': fputs(cli_usage_text, stdout); return CLI_OK;
+        default:  return cli_bad_option(ch, argv);
+        }
+    }
+    if (argc - optind != 1)
+        return cli_usage_error("usage: dlq ls STREAM [--count N] [--json]");
+    ls.stream = argv[optind];
+    return cli_dlq_ls_run(g, &ls);
+}
+
+/* ---- dlq replay ---------------------------------------------------------- */
+
+/* One replay request, of ids or (ids NULL) of all; prints the new ids.
+ * Returns how many dead letters it replayed, -1 on failure. */
+static long
+cli_replay_call(sb_client *c, const struct cli_global *g, const char *stream, json_t *ids)
+{
+    json_t *req = json_pack("{s:s, s:s}", "op", "replay", "stream", stream);
+    if (ids)
+        json_object_set(req, "ids", ids);
+    else
+        json_object_set_new(req, "all", json_true());
+    json_t *reply = sb_request(c, req, g->timeout_ms);
+    json_decref(req);
+    long n = -1;
+    if (!reply)
+        cli_err("replay: no reply (dead letters may or may not have been replayed): %s",
+                sb_strerror(c));
+    else if (cli_reply_failed(reply, "replay") == 0) {
+        json_t *fresh = json_object_get(reply, "ids"), *v;
+        size_t i;
+        json_array_foreach(fresh, i, v) {
+            const char *id = json_string_value(v);
+            printf("%s\n", id ? id : "?");
+        }
+        n = (long)json_array_size(fresh);
+    }
+    json_decref(reply);
+    return n;
+}
+
+static int
+cli_replay_ids(sb_client *c, const struct cli_global *g, const char *stream,
+               char **ids, int nids, long *total)
+{
+    for (int off = 0; off < nids; off += CLI_REPLAY_BATCH) {
+        json_t *arr = json_array();
+        for (int i = off; i < nids && i < off + CLI_REPLAY_BATCH; i++)
+            json_array_append_new(arr, json_string(ids[i]));
+        long n = cli_replay_call(c, g, stream, arr);
+        json_decref(arr);
+        if (n < 0)
+            return -1;
+        *total += n;
+    }
+    return 0;
+}
+
+/* The length of the stream's dead-letter stream (stats), -1 on failure. */
+static long
+cli_dlq_length(sb_client *c, const struct cli_global *g, const char *stream)
+{
+    json_t *req = json_pack("{s:s, s:s}", "op", "stats", "stream", stream);
+    json_t *reply = sb_request(c, req, g->timeout_ms);
+    json_decref(req);
+    long n = -1;
+    if (!reply)
+        cli_err("stats: %s", sb_strerror(c));
+    else if (cli_reply_failed(reply, "stats") == 0) {
+        json_t *st = json_array_get(json_object_get(reply, "streams"), 0);
+        json_t *len = json_object_get(st, "dlq_length");
+        if (json_is_integer(len))
+            n = (long)json_integer_value(len);
+        else
+            cli_err("stats: no dlq_length for %s", stream);
+    }
+    json_decref(reply);
+    return n;
+}
+
+/* Replays what the dead-letter stream held when it started, a call at a
+ * time (each takes the oldest, up to the server's limit), so that entries
+ * that die again meanwhile cannot keep it going. */
+static int
+cli_replay_all(sb_client *c, const struct cli_global *g, const char *stream, long *total)
+{
+    long before = cli_dlq_length(c, g, stream);
+
+    if (before < 0)
+        return -1;
+    while (*total < before) {
+        long n = cli_replay_call(c, g, stream, NULL);
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        *total += n;
+    }
+    return 0;
+}
+
+/* The server's id syntax, MS-SEQ, so that a typo is a usage error. */
+static int
+cli_is_id(const char *s)
+{
+    size_t ms = strspn(s, "0123456789");
+
+    return ms > 0 && s[ms] == '-' && s[ms + 1] != '\0' &&
+           strspn(s + ms + 1, "0123456789") == strlen(s + ms + 1);
+}
+
+static int
+cli_dlq_replay(const struct cli_global *g, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        { "all",  no_argument, NULL, 'a' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
+    int ch, all = 0;
+
+    optind = 0;
+    while ((ch = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'a': all = 1; break;
+        case 'h': fputs(cli_usage_text, stdout); return CLI_OK;
+        default:  return cli_bad_option(ch, argv);
+        }
+    }
+    int nids = argc - optind - 1;
+    if (nids < 0 || (nids == 0) == !all)
+        return cli_usage_error("usage: dlq replay STREAM ID...|--all");
+    for (int i = 0; i < nids; i++)
+        if (!cli_is_id(argv[optind + 1 + i]))
+            return cli_usage_error("'%s' is not an entry id like 1732550000000-0",
+                                   argv[optind + 1 + i]);
+    const char *stream = argv[optind];
+    sb_client *c = cli_open(g);
+    if (!c)
+        return CLI_FAIL;
+
+    long total = 0;
+    int r = all ? cli_replay_all(c, g, stream, &total)
+                : cli_replay_ids(c, g, stream, argv + optind + 1, nids, &total);
+    fflush(stdout);
+    if (r == 0 && !all && total < nids)
+        fprintf(stderr, "replayed %ld of %d dead letters; the others are not in the "
+                "dead-letter stream\n", total, nids);
+    else if (r == 0)
+        fprintf(stderr, "replayed %ld dead letter%s\n", total, total == 1 ? "" : "s");
+    sb_close(c);
+    return r < 0 ? CLI_FAIL : CLI_OK;
+}
+
+static int
+cli_cmd_dlq(const struct cli_global *g, int argc, char **argv)
+{
+    const char *sub = argc > 1 ? argv[1] : NULL;
+
+    if (sub && strcmp(sub, "ls") == 0)
+        return cli_dlq_ls(g, argc - 1, argv + 1);
+    if (sub && strcmp(sub, "replay") == 0)
+        return cli_dlq_replay(g, argc - 1, argv + 1);
+    if (sub && (strcmp(sub, "-h") == 0 || strcmp(sub, "--help") == 0)) {
+        fputs(cli_usage_text, stdout);
+        return CLI_OK;
+    }
+    if (!sub)
+        return cli_usage_error("dlq: give ls or replay");
+    return cli_usage_error("dlq: unknown subcommand '%s'", sub);
+}
+
+/* ---- bench ------------------------------------------------------------- */
+
+/* The benchmark of the build tree, ../perf/streambus-bench from this
+ * program's directory, when it is there; NULL otherwise. */
+static char *
+cli_bench_path(const struct cli_global *g)
+{
+    char self[PATH_MAX], *path;
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+
+    if (n > 0)
+        self[n] = '\0';
+    else if (g->self && strchr(g->self, '/'))
+        snprintf(self, sizeof self, "%s", g->self);
+    else
+        return NULL;
+    *strrchr(self, '/') = '\0';
+    if (asprintf(&path, "%s/../perf/" CLI_BENCH, self) < 0)
+        return NULL;
+    if (access(path, X_OK) == 0)
+        return path;
+    free(path);
+    return NULL;
+}
+
+/* Runs streambus-bench --addr ADDR ARGS...: our address first, so that an
+ * --addr among ARGS wins. */
+static int
+cli_cmd_bench(const struct cli_global *g, int argc, char **argv)
+{
+    char **args = calloc((size_t)argc + 3, sizeof *args);
+    char *path = cli_bench_path(g);
+
+    if (!args) {
+        cli_err("out of memory");
+        free(path);
+        return CLI_FAIL;
+    }
+    args[0] = path ? path : CLI_BENCH;
+    args[1] = "--addr";
+    args[2] = (char *)g->addr;
+    memcpy(args + 3, argv + 1, (size_t)(argc - 1) * sizeof *args);
+    fflush(stdout);
+    if (path)
+        execv(path, args);
+    else
+        execvp(CLI_BENCH, args);
+    if (path)
+        cli_err("cannot run %s: %s", path, strerror(errno));
+    else
+        cli_err("cannot run " CLI_BENCH " (not at ../perf/ from " CLI_NAME
+                ", nor in PATH): %s", strerror(errno));
+    free(path);
+    free(args);
+    return CLI_FAIL;
+}
+
 /* ---- main -------------------------------------------------------------- */
 
 static const struct cli_command {
@@ -1020,6 +1651,8 @@ static const struct cli_command {
     { "pub",   cli_cmd_pub },
     { "sub",   cli_cmd_sub },
     { "stats", cli_cmd_stats },
+    { "dlq",   cli_cmd_dlq },
+    { "bench", cli_cmd_bench },
 };
 
 int
@@ -1038,6 +1671,7 @@ main(int argc, char **argv)
         .token = getenv("STREAMBUS_TOKEN"),
         .name = CLI_NAME,
         .timeout_ms = CLI_DEFAULT_TIMEOUT_MS,
+        .self = argv[0],
     };
     long v;
     int ch;

@@ -19,6 +19,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------ helpers */
@@ -2498,6 +2500,501 @@ static int auth_supported(void)
     return rc == 0;
 }
 
+/* ============================================================ dead letters */
+/* The dlq and replay ops, and streambus-cli dlq (protocol: dlq, replay). */
+
+/* Publishes n messages {"n":i} to stream, receives them on sub (of s) and
+ * nacks them dead; returns their ids, a JSON array in publish order. */
+static json_t *dead_letters(sb_client *s, long long sub, sb_client *p, const char *stream,
+                            int n, const char *reason)
+{
+    json_t *ids = json_array();
+    for (int i = 0; i < n; i++) {
+        char *data = h_fmt("{\"n\":%d}", i);
+        char *id = h_pub(p, stream, data);
+        json_array_append_new(ids, json_string(id));
+        free(id);
+        free(data);
+    }
+    json_t *got = collect(s, n, H_WAIT_MS);
+    json_decref(got);
+    json_t *req = json_pack("{s:s,s:I,s:O,s:b,s:s}", "op", "nack", "sub", (json_int_t)sub,
+                            "ids", ids, "dead", 1, "reason", reason);
+    json_decref(h_ok(h_req_json(s, req)));
+    return ids;
+}
+
+/* The ids of a Redis stream, oldest first, as a JSON array. */
+static json_t *stream_ids(const char *key)
+{
+    redisReply *x = h_redis("XRANGE %s - +", key);
+    ck_assert_int_eq(x->type, REDIS_REPLY_ARRAY);
+    json_t *ids = json_array();
+    for (size_t i = 0; i < x->elements; i++)
+        json_array_append_new(ids, json_string(x->element[i]->element[0]->str));
+    freeReplyObject(x);
+    return ids;
+}
+
+/* A dlq request; asserts ok.  count 0 and from NULL are left out. */
+static json_t *dlq_req(sb_client *c, const char *stream, int count, const char *from)
+{
+    json_t *req = json_pack("{s:s,s:s}", "op", "dlq", "stream", stream);
+    if (count > 0)
+        json_object_set_new(req, "count", json_integer(count));
+    if (from)
+        json_object_set_new(req, "from", json_string(from));
+    return h_ok(h_req_json(c, req));
+}
+
+/* The ids of the entries of a dlq reply, appended to ids. */
+static void entry_ids(const json_t *reply, json_t *ids)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(reply, "entries"), i, e)
+        json_array_append_new(ids, json_string(h_str(e, "id")));
+}
+
+START_TEST(t_dlq_list_fields)
+{
+    sb_client *s = h_connect(), *p = h_connect(), *q = h_connect();
+    json_decref(h_ok(h_req(p, "{'op':'hello','name':'pubber'}")));
+    long long sub = h_sub(s, "dq", "g", "c", 0, NULL);
+    long long t0 = h_now_ms();
+    /* Written by hand: the listing must keep these bytes. */
+    const char pub[] = "{\"op\":\"pub\",\"stream\":\"dq\",\"type\":\"T\","
+                       "\"data\":{\"px\": 1.50, \"n\": [1e2]}}";
+    h_send_raw(p, pub, strlen(pub));
+    json_t *r = h_ok(h_read(p, H_REPLY_MS));
+    char *id1 = strdup(h_str(r, "id"));
+    json_decref(r);
+    char *id2 = h_pub(p, "dq", "\"two\"");
+    json_decref(collect(s, 2, H_WAIT_MS));
+    /* id1 fails once (recorded), comes back, then dies; id2 dies at once. */
+    json_decref(h_ok(h_req(s, "{'op':'nack','sub':%lld,'id':'%s','delay_ms':0,'reason':'busy'}",
+                           sub, id1)));
+    json_t *m = h_msg(s, 2000);
+    ck_assert_str_eq(mid(m), id1);
+    json_decref(m);
+    json_decref(h_ok(h_req(s, "{'op':'nack','sub':%lld,'id':'%s','dead':true,'reason':'poison'}",
+                           sub, id1)));
+    json_decref(h_ok(h_req(s, "{'op':'nack','sub':%lld,'id':'%s','dead':true}", sub, id2)));
+    long long t1 = h_now_ms();
+    json_t *dlq = stream_ids("sb:dq:dlq");
+    ck_assert_int_eq(json_array_size(dlq), 2);
+
+    /* Read as text first: data as its publisher wrote it. */
+    h_send(q, "{'op':'dlq','stream':'dq'}");
+    size_t len;
+    const char *line = sb_read_line(q, &len, H_REPLY_MS);
+    ck_assert_msg(line != NULL, "no dlq reply: %s", sb_strerror(q));
+    char *text = strndup(line, len);
+    ck_assert_msg(strstr(text, "\"data\":{\"px\": 1.50, \"n\": [1e2]}"),
+                  "data not as written: %s", text);
+    r = h_ok(json_loads(text, 0, NULL));
+    free(text);
+    json_t *entries = json_object_get(r, "entries");
+    ck_assert_int_eq(json_array_size(entries), 2);
+    ck_assert_msg(json_object_get(r, "next") == NULL, "next on a page that is not full");
+
+    json_t *e = json_array_get(entries, 0);
+    ck_assert_str_eq(h_str(e, "id"), json_string_value(json_array_get(dlq, 0)));
+    assert_json_eq(json_object_get(e, "data"), "{\"px\":1.5,\"n\":[100.0]}");
+    ck_assert_str_eq(h_str(e, "type"), "T");
+    ck_assert_str_eq(h_str(e, "source"), "pubber");
+    ck_assert_str_eq(h_str(e, "origin_id"), id1);
+    ck_assert_str_eq(h_str(e, "group"), "g");
+    ck_assert_int_eq(h_int(e, "attempts"), 2);
+    ck_assert_str_eq(h_str(e, "reason"), "poison");
+    long long dead_at = h_int(e, "dead_at");
+    ck_assert_msg(dead_at >= t0 && dead_at <= t1, "dead_at %lld not in [%lld, %lld]",
+                  dead_at, t0, t1);
+    /* failures: one item, MS:CAUSE */
+    const char *f = h_str(e, "failures");
+    char *colon = strchr(f, ':');
+    ck_assert_msg(colon && strcmp(colon, ":nack busy") == 0, "failures '%s'", f);
+    ck_assert_msg(atoll(f) >= t0 && atoll(f) <= dead_at, "failure time in '%s'", f);
+
+    e = json_array_get(entries, 1);
+    ck_assert_str_eq(h_str(e, "id"), json_string_value(json_array_get(dlq, 1)));
+    assert_json_eq(json_object_get(e, "data"), "\"two\"");
+    ck_assert_msg(json_object_get(e, "type") == NULL, "type on a message published without");
+    ck_assert_str_eq(h_str(e, "origin_id"), id2);
+    ck_assert_int_eq(h_int(e, "attempts"), 1);
+    ck_assert_str_eq(h_str(e, "reason"), "nack");
+    ck_assert_str_eq(h_str(e, "failures"), "");
+    ck_assert_int_ge(h_int(e, "dead_at"), dead_at);
+    json_decref(r);
+    /* Listing takes nothing away. */
+    ck_assert_int_eq(xlen("sb:dq:dlq"), 2);
+    json_decref(dlq);
+    free(id1);
+    free(id2);
+}
+END_TEST
+
+START_TEST(t_dlq_paging)
+{
+    sb_client *s = h_connect(), *p = h_connect();
+    long long sub = h_sub(s, "pg", "g", "c", 0, NULL);
+    json_decref(dead_letters(s, sub, p, "pg", 5, "r"));
+    json_t *all = stream_ids("sb:pg:dlq");
+    ck_assert_int_eq(json_array_size(all), 5);
+
+    /* Pages of 2: 2, 2, 1; a full page names its last id as next. */
+    json_t *seen = json_array();
+    char *from = NULL;
+    int pages = 0;
+    do {
+        json_t *r = dlq_req(p, "pg", 2, from);
+        size_t n = json_array_size(json_object_get(r, "entries"));
+        entry_ids(r, seen);
+        const char *next = json_string_value(json_object_get(r, "next"));
+        ck_assert_int_eq(n, ++pages < 3 ? 2 : 1);
+        if (n == 2)
+            ck_assert_str_eq(next ? next : "(none)",
+                             json_string_value(json_array_get(seen, json_array_size(seen) - 1)));
+        else
+            ck_assert_msg(next == NULL, "next on the last page");
+        free(from);
+        from = next ? strdup(next) : NULL;
+        json_decref(r);
+    } while (from && pages < 10);
+    ck_assert_int_eq(pages, 3);
+    ck_assert_msg(json_equal(seen, all), "pages do not add up to the dead-letter stream");
+
+    /* A full page that ends with the last entry has next; after it, nothing. */
+    json_t *r = dlq_req(p, "pg", 5, NULL);
+    const char *last = json_string_value(json_array_get(all, 4));
+    ck_assert_str_eq(h_str(r, "next"), last);
+    json_decref(r);
+    r = dlq_req(p, "pg", 5, last);
+    ck_assert_int_eq(json_array_size(json_object_get(r, "entries")), 0);
+    ck_assert_msg(json_object_get(r, "next") == NULL, "next on an empty page");
+    json_decref(r);
+    /* from is exclusive; the default count takes them all. */
+    r = dlq_req(p, "pg", 0, json_string_value(json_array_get(all, 1)));
+    json_t *after = json_array();
+    entry_ids(r, after);
+    ck_assert_int_eq(json_array_size(after), 3);
+    ck_assert_str_eq(json_string_value(json_array_get(after, 0)),
+                     json_string_value(json_array_get(all, 2)));
+    json_decref(r);
+    json_decref(after);
+    json_decref(seen);
+    json_decref(all);
+}
+END_TEST
+
+START_TEST(t_dlq_replay_one)
+{
+    sb_client *s = h_connect(), *s2 = h_connect(), *p = h_connect();
+    json_decref(h_ok(h_req(p, "{'op':'hello','name':'pubber'}")));
+    long long sub = h_sub(s, "rp", "g", "c", 0, NULL);
+    long long sub2 = h_sub(s2, "rp", "g2", "c2", 0, NULL);
+    json_t *r = h_ok(h_req(p, "{'op':'pub','stream':'rp','type':'T','data':{'k':1}}"));
+    char *id = strdup(h_str(r, "id"));
+    json_decref(r);
+    json_decref(h_msg(s, H_WAIT_MS));
+    json_decref(h_msg(s2, H_WAIT_MS));
+    ck_assert_int_eq(h_ack(s2, sub2, id), 1);
+    json_decref(h_ok(h_req(s, "{'op':'nack','sub':%lld,'id':'%s','dead':true}", sub, id)));
+    json_t *dlq = stream_ids("sb:rp:dlq");
+    const char *dead = json_string_value(json_array_get(dlq, 0));
+    long long t0 = h_now_ms();
+
+    r = h_ok(h_req(p, "{'op':'replay','stream':'rp','ids':['%s'],'rid':9}", dead));
+    ck_assert_int_eq(h_int(r, "rid"), 9);
+    ck_assert_int_eq(h_int(r, "replayed"), 1);
+    json_t *ids = json_object_get(r, "ids");
+    ck_assert_int_eq(json_array_size(ids), 1);
+    char *fresh = strdup(json_string_value(json_array_get(ids, 0)));
+    json_decref(r);
+    ck_assert_msg(h_id_cmp(fresh, id) > 0, "replayed as %s, not after %s", fresh, id);
+
+    /* A new entry: every group gets it, as a first attempt. */
+    sb_client *subs[] = { s, s2 };
+    for (int i = 0; i < 2; i++) {
+        json_t *m = h_msg(subs[i], H_WAIT_MS);
+        ck_assert_str_eq(mid(m), fresh);
+        ck_assert_int_eq(h_int(m, "attempt"), 1);
+        assert_json_eq(json_object_get(m, "data"), "{\"k\":1}");
+        ck_assert_str_eq(h_str(m, "type"), "T");
+        ck_assert_str_eq(h_str(m, "source"), "pubber");
+        json_decref(m);
+    }
+    /* In Redis: the original fields and a record of the replay. */
+    redisReply *x = h_redis("XRANGE sb:rp %s %s", fresh, fresh);
+    ck_assert_int_eq(x->elements, 1);
+    const char *v = h_entry_field(x->element[0], "replay_of");
+    ck_assert_str_eq(v ? v : "(none)", id);
+    v = h_entry_field(x->element[0], "replayed_at");
+    ck_assert_msg(v && atoll(v) >= t0 && atoll(v) <= h_now_ms(), "replayed_at %s", v ? v : "(none)");
+    v = h_entry_field(x->element[0], "data");
+    ck_assert_str_eq(v ? v : "(none)", "{\"k\":1}");
+    const char *gone[] = { "origin_id", "group", "attempts", "reason", "dead_at", "failures" };
+    for (size_t i = 0; i < sizeof gone / sizeof *gone; i++)
+        ck_assert_msg(h_entry_field(x->element[0], gone[i]) == NULL,
+                      "replayed entry kept the dead-letter field %s", gone[i]);
+    freeReplyObject(x);
+
+    /* Gone from the dead-letter stream: replaying it again does nothing. */
+    ck_assert_int_eq(xlen("sb:rp:dlq"), 0);
+    r = h_ok(h_req(p, "{'op':'replay','stream':'rp','id':'%s'}", dead));
+    ck_assert_int_eq(h_int(r, "replayed"), 0);
+    ck_assert_int_eq(json_array_size(json_object_get(r, "ids")), 0);
+    json_decref(r);
+    h_no_msg(s, 300);
+    h_no_msg(s2, 10);
+    json_decref(dlq);
+    free(fresh);
+    free(id);
+}
+END_TEST
+
+START_TEST(t_dlq_replay_all)
+{
+    sb_client *s = h_connect(), *p = h_connect();
+    long long sub = h_sub(s, "ra", "g", "c", 0, NULL);
+    json_t *origins = dead_letters(s, sub, p, "ra", 5, "r");
+    ck_assert_int_eq(xlen("sb:ra:dlq"), 5);
+
+    json_t *r = h_ok(h_req(p, "{'op':'replay','stream':'ra','all':true}"));
+    ck_assert_int_eq(h_int(r, "replayed"), 5);
+    json_t *ids = json_object_get(r, "ids");
+    ck_assert_int_eq(json_array_size(ids), 5);
+    ck_assert_int_eq(xlen("sb:ra:dlq"), 0);
+    /* In the order of the dead-letter stream, each recording its origin. */
+    for (size_t i = 0; i < 5; i++) {
+        const char *fresh = json_string_value(json_array_get(ids, i));
+        redisReply *x = h_redis("XRANGE sb:ra %s %s", fresh, fresh);
+        ck_assert_int_eq(x->elements, 1);
+        const char *v = h_entry_field(x->element[0], "replay_of");
+        ck_assert_str_eq(v ? v : "(none)", json_string_value(json_array_get(origins, i)));
+        freeReplyObject(x);
+    }
+    json_t *got = collect(s, 5, H_WAIT_MS);
+    size_t i;
+    json_t *m;
+    json_array_foreach(got, i, m) {
+        ck_assert_msg(ids_contain(ids, mid(m)), "delivered %s, not a replayed id", mid(m));
+        ck_assert_int_eq(h_int(m, "attempt"), 1);
+    }
+    json_decref(got);
+    json_decref(r);
+    r = h_ok(h_req(p, "{'op':'replay','stream':'ra','all':true}"));
+    ck_assert_int_eq(h_int(r, "replayed"), 0);
+    json_decref(r);
+    json_decref(origins);
+}
+END_TEST
+
+START_TEST(t_dlq_bad_requests)
+{
+    sb_client *c = h_connect();
+    json_decref(h_bad(h_req(c, "{'op':'dlq'}"), "stream"));
+    json_decref(h_bad(h_req(c, "{'op':'dlq','stream':'no spaces'}"), "stream"));
+    json_decref(h_bad(h_req(c, "{'op':'dlq','stream':'s','count':0}"), "count"));
+    json_decref(h_bad(h_req(c, "{'op':'dlq','stream':'s','count':1001}"), "count"));
+    json_decref(h_bad(h_req(c, "{'op':'dlq','stream':'s','count':'5'}"), "count"));
+    json_decref(h_bad(h_req(c, "{'op':'dlq','stream':'s','from':'yesterday'}"), "from"));
+    json_decref(h_bad(h_req(c, "{'op':'replay'}"), "stream"));
+    json_decref(h_bad(h_req(c, "{'op':'replay','stream':'s'}"), "ids"));
+    json_decref(h_bad(h_req(c, "{'op':'replay','stream':'s','all':false}"), "ids"));
+    json_decref(h_bad(h_req(c, "{'op':'replay','stream':'s','ids':['1-0'],'all':true}"), "ids"));
+    json_decref(h_bad(h_req(c, "{'op':'replay','stream':'s','id':'1-0','all':true}"), "ids"));
+    json_decref(h_bad(h_req(c, "{'op':'replay','stream':'s','ids':[]}"), "ids"));
+    json_decref(h_bad(h_req(c, "{'op':'replay','stream':'s','ids':['1']}"), "ids"));
+    json_decref(h_bad(h_req(c, "{'op':'replay','stream':'s','all':1}"), "all"));
+    /* The bounds themselves are fine; a stream without dead letters has
+     * none to list or replay, and gets no keys for asking. */
+    json_t *r = dlq_req(c, "s", 1000, NULL);
+    ck_assert_int_eq(json_array_size(json_object_get(r, "entries")), 0);
+    ck_assert_msg(json_object_get(r, "next") == NULL, "next on an empty page");
+    json_decref(r);
+    json_decref(dlq_req(c, "s", 1, "0-0"));
+    r = h_ok(h_req(c, "{'op':'replay','stream':'s','all':true}"));
+    ck_assert_int_eq(h_int(r, "replayed"), 0);
+    json_decref(r);
+    ck_assert_int_eq(h_redis_int("EXISTS sb:s sb:s:dlq"), 0);
+}
+END_TEST
+
+START_TEST(t_dlq_auth)
+{
+    char *path = write_tokens(0600);
+    char *srv = h_fmt("auth_tokens = %s\n", path);
+    h_conf(srv, NULL, NULL);
+    h_daemon_start();
+    /* dlq needs the right to subscribe, replay the right to publish. */
+    sb_client *sub = h_connect(), *pub = h_connect();
+    json_decref(h_err(h_req(sub, "{'op':'dlq','stream':'b1'}"), "unauthorized"));
+    json_decref(h_ok(h_req(sub, "{'op':'hello','token':'tok-sub'}")));
+    json_decref(h_ok(h_req(pub, "{'op':'hello','token':'tok-pub'}")));
+    json_decref(dlq_req(sub, "b1", 0, NULL));
+    json_decref(h_err(h_req(sub, "{'op':'dlq','stream':'a1'}"), "unauthorized"));
+    json_decref(h_err(h_req(sub, "{'op':'replay','stream':'b1','all':true}"), "unauthorized"));
+    json_decref(h_ok(h_req(pub, "{'op':'replay','stream':'a1','all':true}")));
+    json_decref(h_err(h_req(pub, "{'op':'dlq','stream':'a1'}"), "unauthorized"));
+    json_decref(h_err(h_req(pub, "{'op':'replay','stream':'b1','ids':['1-0']}"), "unauthorized"));
+    free(path);
+    free(srv);
+}
+END_TEST
+
+/* The directory of the daemon under test, where streambus-cli is too. */
+static char *bin_dir(void)
+{
+    char *dir = strdup(h_daemon_path());
+    char *slash = strrchr(dir, '/');
+    ck_assert_ptr_nonnull(slash);
+    *slash = '\0';
+    return dir;
+}
+
+/* streambus-cli -s ADDR ARGS... (NULL-terminated): exit status, output
+ * (stdout and stderr) in *out. */
+static int run_cli(char **out, ...)
+{
+    char *dir = bin_dir();
+    char *cli = h_fmt("%s/streambus-cli", dir);
+    ck_assert_msg(access(cli, X_OK) == 0, "%s not built (make src/streambus-cli)", cli);
+    char *argv[16] = { cli, "-s", H.addr };
+    int argc = 3;
+    va_list ap;
+    va_start(ap, out);
+    for (char *a; (a = va_arg(ap, char *)) != NULL && argc < 15;)
+        argv[argc++] = a;
+    va_end(ap);
+    argv[argc] = NULL;
+    int rc = h_run(argv, out, 10000);
+    free(cli);
+    free(dir);
+    return rc;
+}
+
+static int count_lines(const char *s)
+{
+    int n = 0;
+    for (; s && *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+START_TEST(t_dlq_cli)
+{
+    sb_client *s = h_connect(), *p = h_connect();
+    long long sub = h_sub(s, "cq", "g", "c", 0, NULL);
+    json_t *origins = dead_letters(s, sub, p, "cq", 2, "poison");
+    json_t *dlq = stream_ids("sb:cq:dlq");
+    char *out = NULL;
+
+    /* ls: a table with a row per dead letter, dead_at as UTC time. */
+    int rc = run_cli(&out, "dlq", "ls", "cq", NULL);
+    ck_assert_msg(rc == 0, "dlq ls: exit %d: %s", rc, out ? out : "");
+    ck_assert_msg(out && strstr(out, "ORIGIN_ID") && strstr(out, "DEAD_AT") &&
+                  strstr(out, "poison") && strstr(out, "{\"n\":1}"), "dlq ls printed:\n%s",
+                  out ? out : "");
+    ck_assert_int_eq(count_lines(out), 3);
+    for (size_t i = 0; i < 2; i++) {
+        const char *id = json_string_value(json_array_get(dlq, i));
+        ck_assert_msg(strstr(out, id) && strstr(out, json_string_value(json_array_get(origins, i))),
+                      "dlq ls lacks %s or its origin:\n%s", id, out);
+    }
+    redisReply *x = h_redis("XRANGE sb:cq:dlq - + COUNT 1");
+    long long dead_at = atoll(h_entry_field(x->element[0], "dead_at"));
+    freeReplyObject(x);
+    time_t sec = (time_t)(dead_at / 1000);
+    struct tm tm;
+    char iso[64];
+    strftime(iso, sizeof iso, "%Y-%m-%dT%H:%M:%S", gmtime_r(&sec, &tm));
+    ck_assert_msg(strstr(out, iso), "dlq ls lacks dead_at as %s:\n%s", iso, out);
+    free(out);
+
+    /* --json: a line per entry, as the server sent it; --count limits. */
+    rc = run_cli(&out, "dlq", "ls", "cq", "--json", NULL);
+    ck_assert_msg(rc == 0 && count_lines(out) == 2, "dlq ls --json: exit %d:\n%s", rc,
+                  out ? out : "");
+    json_t *e = json_loadb(out, strcspn(out, "\n"), 0, NULL);
+    ck_assert_msg(e != NULL, "not JSON: %s", out);
+    ck_assert_str_eq(h_str(e, "id"), json_string_value(json_array_get(dlq, 0)));
+    assert_json_eq(json_object_get(e, "data"), "{\"n\":0}");
+    ck_assert_int_eq(h_int(e, "attempts"), 1);
+    json_decref(e);
+    free(out);
+    rc = run_cli(&out, "dlq", "ls", "cq", "--count", "1", NULL);
+    ck_assert_msg(rc == 0 && count_lines(out) == 2, "dlq ls --count 1: exit %d:\n%s", rc,
+                  out ? out : "");
+    free(out);
+
+    /* replay --all: the new ids and how many; every one delivered again. */
+    rc = run_cli(&out, "dlq", "replay", "cq", "--all", NULL);
+    ck_assert_msg(rc == 0 && out && strstr(out, "replayed 2 dead letters"),
+                  "dlq replay --all: exit %d:\n%s", rc, out ? out : "");
+    ck_assert_int_eq(xlen("sb:cq:dlq"), 0);
+    json_t *got = collect(s, 2, H_WAIT_MS);
+    size_t i;
+    json_t *m;
+    json_array_foreach(got, i, m) {
+        ck_assert_msg(strstr(out, mid(m)), "new id %s not printed:\n%s", mid(m), out);
+        ck_assert_int_eq(h_int(m, "attempt"), 1);
+    }
+    json_decref(got);
+    free(out);
+    rc = run_cli(&out, "dlq", "ls", "cq", NULL);
+    ck_assert_msg(rc == 0 && count_lines(out) == 1, "dlq ls of nothing: exit %d:\n%s", rc,
+                  out ? out : "");
+    free(out);
+    rc = run_cli(&out, "dlq", "replay", "cq", "1-0", NULL);
+    ck_assert_msg(rc == 0 && out && strstr(out, "replayed 0 of 1"),
+                  "dlq replay of a missing id: exit %d:\n%s", rc, out ? out : "");
+    free(out);
+
+    /* Usage errors exit 2, failures 1. */
+    const char *usage[][6] = {
+        { "dlq", NULL }, { "dlq", "rm", "cq", NULL }, { "dlq", "ls", NULL },
+        { "dlq", "ls", "cq", "--count", "0", NULL }, { "dlq", "replay", "cq", NULL },
+        { "dlq", "replay", "cq", "1-0", "--all", NULL }, { "dlq", "replay", "cq", "oops", NULL },
+    };
+    for (size_t k = 0; k < sizeof usage / sizeof *usage; k++) {
+        rc = run_cli(&out, usage[k][0], usage[k][1], usage[k][2], usage[k][3], usage[k][4], NULL);
+        ck_assert_msg(rc == 2, "usage case %zu: exit %d:\n%s", k, rc, out ? out : "");
+        free(out);
+    }
+    rc = run_cli(&out, "dlq", "ls", "no spaces", NULL);
+    ck_assert_msg(rc == 1 && out && strstr(out, "bad_request"), "refused dlq ls: exit %d:\n%s",
+                  rc, out ? out : "");
+    free(out);
+    json_decref(dlq);
+    json_decref(origins);
+}
+END_TEST
+
+START_TEST(t_cli_bench)
+{
+    /* bench runs ../perf/streambus-bench with --addr from -s. */
+    char *dir = bin_dir();
+    char *bench = h_fmt("%s/../perf/streambus-bench", dir);
+    free(dir);
+    if (access(bench, X_OK) != 0) {
+        fprintf(stderr, "t_cli_bench: %s not built, skipped\n", bench);
+        free(bench);
+        return;
+    }
+    h_daemon_start();
+    char *out = NULL;
+    int rc = run_cli(&out, "bench", "--duration", "0.2", "--warmup", "0", "--publishers", "1",
+                     "--consumers", "1", "--json", NULL);
+    ck_assert_msg(rc == 0, "bench: exit %d:\n%s", rc, out ? out : "");
+    char *want = h_fmt("\"addr\": \"%s\"", H.addr);
+    ck_assert_msg(out && strstr(out, want), "bench did not use %s:\n%s", H.addr, out ? out : "");
+    free(want);
+    free(out);
+    free(bench);
+}
+END_TEST
+
 static TCase *tcase(Suite *s, const char *name, int timeout)
 {
     TCase *tc = tcase_create(name);
@@ -2601,8 +3098,10 @@ int main(void)
     tc = tcase(s, "cli", 30);
     tcase_add_test(tc, t_cli_test_config);
     tcase_add_test(tc, t_unix_socket);
+    tcase_add_test(tc, t_cli_bench);
 
-    if (auth_supported()) {
+    int auth = auth_supported();
+    if (auth) {
         tc = tcase(s, "auth", 20);
         tcase_add_test(tc, t_auth_tokens);
         tcase_add_test(tc, t_auth_file_readable_refused);
@@ -2610,6 +3109,16 @@ int main(void)
         fprintf(stderr, "check_integration: SKIPPED test case 'auth' (token files, a later "
                         "issue): streambusd -t rejects [server] auth_tokens\n");
     }
+
+    tc = tcase(s, "dlq", 30);
+    tcase_add_test(tc, t_dlq_list_fields);
+    tcase_add_test(tc, t_dlq_paging);
+    tcase_add_test(tc, t_dlq_replay_one);
+    tcase_add_test(tc, t_dlq_replay_all);
+    tcase_add_test(tc, t_dlq_bad_requests);
+    tcase_add_test(tc, t_dlq_cli);
+    if (auth)
+        tcase_add_test(tc, t_dlq_auth);
 
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_ENV);   /* CK_VERBOSITY=verbose lists every test */
