@@ -79,6 +79,9 @@ struct metrics_stream {
 	X(connections_rejected, "streambus_connections_rejected_total", "Connections refused at max_clients.") \
 	X(slow_consumer_closes, "streambus_slow_consumer_disconnects_total", "Connections closed for exceeding output_buffer_limit.") \
 	X(requests, "streambus_requests_total", "Request lines handled.") \
+	X(idle_closes, "streambus_idle_disconnects_total", "Connections closed after idle_timeout_ms.") \
+	X(lines_too_long, "streambus_lines_too_long_total", "Request lines longer than max_line, skipped.") \
+	X(read_pauses, "streambus_read_pauses_total", "Times a connection stopped being read: max_pending_requests or output_buffer_limit reached.") \
 	X(redis_reconnects, "streambus_redis_reconnects_total", "Redis connection attempts after a loss.")
 
 struct metrics_global {

@@ -85,8 +85,10 @@ conn_idle_check(evutil_socket_t fd, short what, void *arg)
 	for (c = C.all; c != NULL; c = next) {
 		next = c->next;
 		if (c->state == CONN_OPEN && c->subs == NULL &&
-		    conn_pending_replies(c) == 0 && now - c->last_active_ns > limit)
+		    conn_pending_replies(c) == 0 && now - c->last_active_ns > limit) {
+			metrics.idle_closes++;
 			conn_close(c, "idle", 1);
+		}
 	}
 }
 
@@ -353,8 +355,10 @@ conn_update_read(struct conn *c)
 	if (c->state != CONN_OPEN || c->finishing)
 		return;
 	if (conn_should_pause(c)) {
-		if (!c->read_paused)
+		if (!c->read_paused) {
 			event_del(c->rev);
+			metrics.read_pauses++;
+		}
 		c->read_paused = 1;
 		return;
 	}
@@ -451,6 +455,7 @@ conn_reply_too_long(struct conn *c)
 	char msg[96];
 	uint64_t seq = conn_next_seq(c);
 
+	metrics.lines_too_long++;
 	snprintf(msg, sizeof(msg), "line longer than max_line (%ld bytes); skipped",
 	    C.cfg->max_line);
 	proto_reply_error(C.tmp, NULL, "line_too_long", msg);
