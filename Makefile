@@ -216,7 +216,7 @@ $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_SRCS) $(wildcard include/*.h)
 	@mkdir -p $(FUZZ_DIR)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_SRCS) $(FUZZ_LIBS)
 
-.PHONY: fuzz fuzz-build fuzz-regress fuzz-short
+.PHONY: fuzz fuzz-build fuzz-regress fuzz-short fuzz-clean
 fuzz-build: $(FUZZ_TARGETS)
 
 # Every saved input once per target: a fixed bug stays fixed.
@@ -242,3 +242,6 @@ fuzz: fuzz-regress
 
 fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
+
+fuzz-clean:
+	rm -rf $(FUZZ_DIR)
