@@ -186,7 +186,7 @@ uninstall:
 # Unit file, install/uninstall, alert rules, dashboard and man pages; parts
 # whose tool is missing are skipped (systemd-analyze, promtool: not in
 # DEB_PKGS, as systemd does not belong in a container and prometheus is big).
-DEB_PKGS += jq
+DEB_PKGS += jq clang libclang-rt-14-dev
 .PHONY: check-ops
 check-ops: src/streambusd src/streambus-cli
 	@bash tests/ops.sh
@@ -205,7 +205,7 @@ FUZZ_MAXLEN  ?= 65536
 FUZZ_EXTRA   ?=
 FUZZ_DIR     := tests/fuzz/build
 FUZZ_SRCS    := src/proto.c src/config.c src/log.c src/util.c src/metrics.c
-FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Iinclude \
+FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Iinclude \
                 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
                 -fno-omit-frame-pointer $(FUZZ_EXTRA) \
                 $(shell pkg-config --cflags libevent jansson inih 2>/dev/null)

@@ -80,6 +80,10 @@ uint64_t conn_next_seq(struct conn *c);
 void conn_reply(struct conn *c, uint64_t seq, struct evbuffer *reply);
 /* Deliveries and notices go straight to the output. */
 void conn_write(struct conn *c, struct evbuffer *data);
+/* 1 when the client left more than output_buffer_limit unread. */
+int  conn_over_limit(const struct conn *c);
+/* Bytes the output may still take before it is full. */
+size_t conn_output_room(const struct conn *c);
 /* 1 when the output is over the soft limit (no more deliveries). */
 int  conn_output_full(const struct conn *c);
 /* Close: with notify, "bye" is sent and the output flushed first;

@@ -64,6 +64,7 @@ struct group {
 	uint64_t            read_uid;	/* sub the running read is for */
 	long                read_count;	/* COUNT of the running read */
 	int                 backlog;	/* the last read came back full */
+	size_t              avg_bytes;	/* recent delivery size, for read sizes */
 	long long           reader_id;	/* CLIENT ID of the reader link */
 	char               *read_consumer;
 	int                 sweeping;
@@ -503,15 +504,17 @@ group_min_served(const struct group *g)
 	return min == UINT64_MAX ? 0 : min;
 }
 
-static void
+/* 0, or -1 when delivering closed the connection (over its output limit)
+ * and so freed s. */
+static int
 sub_deliver(struct sub *s, const char *id, long attempt, const redisReply *fields)
 {
 	struct group *g = s->group;
 	struct proto_delivery d = { 0 };
-	uint64_t ms = 0, seq = 0;
+	uint64_t ms = 0, seq = 0, uid = s->uid;
 
 	if (proto_parse_id(id, &ms, &seq) != 0)
-		return;
+		return 0;
 	d.sub = s->id;
 	d.stream = g->stream->name;
 	d.group = g->name;
@@ -557,13 +560,17 @@ sub_deliver(struct sub *s, const char *id, long attempt, const redisReply *field
 		d.data_json = (const char *)evbuffer_pullup(B.foreign, -1);
 	}
 	proto_encode_delivery(B.scratch, &d);
-	conn_write(s->conn, B.scratch);
 	evbuffer_drain(B.foreign, evbuffer_get_length(B.foreign));
+	g->avg_bytes = (g->avg_bytes * 7 + evbuffer_get_length(B.scratch)) / 8;
+	/* Counted before it is written: conn_write may close the connection,
+	 * which releases the sub's in-flight entries and frees the sub. */
 	idset_add(&s->inflight, ms, seq, util_now_ns(), (uint32_t)attempt);
 	s->served++;
 	g->m.delivered++;
 	if (attempt > 1)
 		g->m.redelivered++;
+	conn_write(s->conn, B.scratch);
+	return sub_lookup(uid) != NULL ? 0 : -1;
 }
 
 /* Release ids held by consumer (chunked: Lua's unpack has a limit).  p is
@@ -740,6 +747,13 @@ group_hand_out(struct group *g, uint64_t uid, const char *consumer,
 	const char **orphans = NULL;
 	size_t norphans = 0;
 
+	if (s != NULL && s->conn != NULL && s->conn->state == CONN_OPEN &&
+	    conn_over_limit(s->conn)) {
+		/* it did not take the last batch: no more for it */
+		metrics.slow_consumer_closes++;
+		conn_close(s->conn, "slow_consumer", 0);
+		s = sub_lookup(uid);
+	}
 	if (s == NULL || s->conn == NULL || s->conn->state != CONN_OPEN || B.stopping)
 		orphans = calloc(entries->elements + 1, sizeof(*orphans));
 	for (size_t i = 0; i < entries->elements; i++) {
@@ -755,9 +769,12 @@ group_hand_out(struct group *g, uint64_t uid, const char *consumer,
 		}
 		if (orphans != NULL)
 			orphans[norphans++] = e->element[0]->str;
-		else if (s != NULL)
-			sub_deliver(s, e->element[0]->str, attempt,
-			    e->element[claimed ? 2 : 1]);
+		else if (s != NULL && sub_deliver(s, e->element[0]->str, attempt,
+		    e->element[claimed ? 2 : 1]) != 0) {
+			/* its connection closed: the rest go back to the group */
+			s = NULL;
+			orphans = calloc(entries->elements + 1, sizeof(*orphans));
+		}
 	}
 	if (norphans > 0)
 		broker_release(g, consumer, orphans, norphans, 0, claimed ? "" : "0", "", NULL);
@@ -815,6 +832,13 @@ group_fetch(struct group *g)
 		n = BROKER_READ_MAX;
 	if (!g->backlog && n > BROKER_READ_MAX / g->nsubs)
 		n = BROKER_READ_MAX / g->nsubs > 0 ? BROKER_READ_MAX / g->nsubs : 1;
+	/* and no more than fits the output it may still fill (large
+	 * entries): a read's entries all go out, whatever their size */
+	if (g->avg_bytes > 0) {
+		long room = (long)(conn_output_room(s->conn) / g->avg_bytes);
+		if (n > room)
+			n = room > 0 ? room : 1;
+	}
 	g->read_count = n;
 	snprintf(count, sizeof(count), "%ld", n);
 	snprintf(block, sizeof(block), "%d", BROKER_READ_BLOCK_MS);
@@ -841,7 +865,7 @@ claim_done(redisReply *r, void *arg)
 {
 	struct pending *p = arg;
 	struct group *g = p->group;
-	struct sub *s = sub_lookup(p->sub_uid);
+	struct sub *s;
 	int more = 0;
 
 	g->sweeping = 0;
@@ -852,6 +876,8 @@ claim_done(redisReply *r, void *arg)
 		long long scanned = r->element[2]->integer;
 		g->m.dead_lettered += (uint64_t)r->element[1]->integer;
 		group_hand_out(g, p->sub_uid, json_string_value(p->result), out, 1);
+		/* after: handing out may have closed its connection */
+		s = sub_lookup(p->sub_uid);
 		/* Entries came back: there may be more right now. */
 		more = out->elements > 0 || r->element[1]->integer > 0;
 		if (s != NULL && s->recovering && p->n) {

@@ -143,6 +143,21 @@ conn_pending_replies(const struct conn *c)
 }
 
 int
+conn_over_limit(const struct conn *c)
+{
+	return evbuffer_get_length(c->out) > (size_t)C.cfg->output_buffer_limit;
+}
+
+/* Bytes a connection may still queue before it counts as full. */
+size_t
+conn_output_room(const struct conn *c)
+{
+	size_t used = evbuffer_get_length(c->out), soft = (size_t)C.cfg->output_buffer_limit / 2;
+
+	return used < soft ? soft - used : 0;
+}
+
+int
 conn_output_full(const struct conn *c)
 {
 	return evbuffer_get_length(c->out) >= (size_t)C.cfg->output_buffer_limit / 2;
@@ -165,12 +180,9 @@ conn_write(struct conn *c, struct evbuffer *data)
 		evbuffer_drain(data, evbuffer_get_length(data));
 		return;
 	}
+	/* No limit here: the broker checks conn_over_limit() once before the
+	 * entries of one read, which go out whole. */
 	evbuffer_add_buffer(c->out, data);
-	if (evbuffer_get_length(c->out) > (size_t)C.cfg->output_buffer_limit) {
-		metrics.slow_consumer_closes++;
-		conn_close(c, "slow_consumer", 0);
-		return;
-	}
 	conn_want_write(c);
 }
 
@@ -538,6 +550,15 @@ conn_read_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	c->last_active_ns = util_now_ns();
+	/* More of a partial line, still no end and within max_line: keep it
+	 * without framing the whole again (a line that trickles in would
+	 * cost its length squared). */
+	if (c->inlen > 0 && memchr(C.scratch, '\n', (size_t)n) == NULL &&
+	    c->inlen + (size_t)n <= (size_t)C.cfg->max_line + 1) {
+		if (conn_keep(c, C.scratch, (size_t)n) != 0)
+			conn_close(c, "out of memory", 0);
+		return;
+	}
 	if (c->inlen == 0) {
 		conn_process(c, C.scratch, (size_t)n);
 		return;

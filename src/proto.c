@@ -681,11 +681,19 @@ proto_parse_request(const char *line, size_t len, const struct proto_limits *lim
 	json_t *op, *rid;
 	const char *name;
 	size_t mlen = 0;
+	const char *nul;
 	char *masked = proto_mask_data(line, len, &mlen);
 
 	memset(req, 0, sizeof(*req));
 	req->delay_ms = -1;
 	err->rid = NULL;
+	/* jansson skips a raw NUL after a number or literal ("1\0" loads as
+	 * 1), and data is stored as written: no NUL byte is valid JSON. */
+	if ((nul = memchr(line, '\0', len)) != NULL) {
+		free(masked);
+		return proto_fail(err, "bad_json", "invalid JSON at column %zu: a NUL byte",
+		    (size_t)(nul - line) + 1);
+	}
 	req->root = json_loadb(masked ? masked : line, masked ? mlen : len,
 	    JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
 	if (req->root == NULL && masked != NULL)	/* name the error in the original */
@@ -908,6 +916,15 @@ proto_encode_delivery(struct evbuffer *out, const struct proto_delivery *d)
 		proto_put_string(out, d->source, d->source_len);
 	}
 	evbuffer_add(out, ",\"data\":", 8);
-	evbuffer_add(out, d->data_json, d->data_len);
+	/* Valid JSON holds '\n' only as whitespace (entries others wrote):
+	 * a delivery is one line. */
+	for (const char *p = d->data_json, *end = p + d->data_len, *nl; p < end; p = nl + 1) {
+		if ((nl = memchr(p, '\n', (size_t)(end - p))) == NULL) {
+			evbuffer_add(out, p, (size_t)(end - p));
+			break;
+		}
+		evbuffer_add(out, p, (size_t)(nl - p));
+		evbuffer_add(out, " ", 1);
+	}
 	proto_end(out);
 }
