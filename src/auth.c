@@ -167,7 +167,7 @@ auth_allows(const struct auth_token *tok, enum proto_op op, const char *stream)
 	/* replay publishes again; dlq reads what subscribers failed on */
 	if (op == OP_PUB || op == OP_REPLAY)
 		return auth_match(tok->pub, stream);
-	if (op == OP_SUB || op == OP_DLQ)
+	if (op == OP_SUB || op == OP_DLQ || op == OP_RANGE)
 		return auth_match(tok->sub, stream);
 	return 1;
 }

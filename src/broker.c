@@ -105,6 +105,7 @@ struct pending {
 	json_t        *result;
 	int            waiting;
 	int            failed;
+	int            listing;		/* range: 1 oldest first, 2 newest (reversed) */
 	char          *text;		/* a reply kept until WAIT confirms */
 	size_t         text_len;
 };
@@ -2015,7 +2016,8 @@ dlq_done(redisReply *r, void *arg)
 		proto_ok_begin(B.scratch, p->rid);
 		evbuffer_add(B.scratch, ",\"entries\":[", 12);
 		for (size_t i = 0, n = 0; i < r->elements; i++) {
-			const redisReply *e = r->element[i];
+			/* XREVRANGE answers newest first: oldest first on the wire */
+			const redisReply *e = r->element[p->listing == 2 ? r->elements - 1 - i : i];
 			if (e->type != REDIS_REPLY_ARRAY || e->elements < 2)
 				continue;
 			if (n++ > 0)
@@ -2023,9 +2025,10 @@ dlq_done(redisReply *r, void *arg)
 			dlq_entry_json(B.scratch, e);
 		}
 		evbuffer_add(B.scratch, "]", 1);
-		/* a full page: where the next one starts */
-		if (r->elements == p->n && r->elements > 0) {
-			const redisReply *last = r->element[r->elements - 1]->element[0];
+		/* a full page (or any range): where the next one starts */
+		if (r->elements > 0 && (r->elements == p->n || p->listing)) {
+			const redisReply *last = r->element[p->listing == 2 ? 0 :
+			    r->elements - 1]->element[0];
 			evbuffer_add(B.scratch, ",\"next\":\"", 9);
 			evbuffer_add(B.scratch, last->str, last->len);
 			evbuffer_add(B.scratch, "\"", 1);
@@ -2066,7 +2069,8 @@ replay_done(redisReply *r, void *arg)
 	pending_free(p);
 }
 
-/* dlq and replay.  Asking about a stream does not make it known here (a
+/* dlq, replay and range (entries of the stream itself, for a live view
+ * without a group: streambus-cli tail).  Asking about a stream does not make it known here (a
  * typo must not become a stream in stats and metrics): keys are built for
  * the request. */
 static void
@@ -2093,12 +2097,19 @@ broker_dead_letters(struct conn *c, uint64_t seq, struct proto_request *req)
 		free(dlq_key);
 		return;
 	}
-	if (req->op == OP_DLQ) {
+	if (req->op == OP_RANGE && req->last > 0) {
+		const char *argv[] = { "XREVRANGE", st->key, "+", "-", "COUNT", count };
+		snprintf(count, sizeof(count), "%ld", req->last);
+		p->listing = 2;
+		rc = redis_cmd_argv(B.cmd, dlq_done, p, 6, argv, NULL);
+	} else if (req->op == OP_DLQ || req->op == OP_RANGE) {
 		/* from: the "next" of the page before; entries after it */
 		char from[64];
-		const char *argv[] = { "XRANGE", st->dlq_key, from, "+", "COUNT", count };
+		const char *argv[] = { "XRANGE", req->op == OP_DLQ ? st->dlq_key : st->key, from,
+		    "+", "COUNT", count };
 		snprintf(from, sizeof(from), "%s%s", req->from ? "(" : "", req->from ? req->from : "-");
 		snprintf(count, sizeof(count), "%ld", req->count);
+		p->listing = req->op == OP_RANGE;
 		rc = redis_cmd_argv(B.cmd, dlq_done, p, 6, argv, NULL);
 	} else {
 		const char *head[] = { "EVALSHA", B.sha, "2", st->key, st->dlq_key, "replay", "-",
@@ -2161,6 +2172,7 @@ broker_handle(struct conn *c, uint64_t seq, struct proto_request *req)
 		break;
 	case OP_DLQ:
 	case OP_REPLAY:
+	case OP_RANGE:
 		broker_dead_letters(c, seq, req);
 		break;
 	case OP_BYE:

@@ -65,6 +65,10 @@ static const char cli_usage_text[] =
 "                           print deliveries (acknowledging each unless\n"
 "                           --no-ack) until --count N, SIGINT or server bye\n"
 "  stats [STREAM] [--json]  streams with their groups, pending and lag\n"
+"  tail STREAM [--last N] [--json]\n"
+"                           print the last N messages (default 10), then\n"
+"                           new ones as they come, without a group (no\n"
+"                           acks, nothing taken from consumers) until SIGINT\n"
 "  dlq ls STREAM [--count N] [--json]\n"
 "                           list the dead letters of STREAM, oldest first\n"
 "  dlq replay STREAM ID...|--all\n"
@@ -1641,6 +1645,113 @@ cli_cmd_bench(const struct cli_global *g, int argc, char **argv)
     return CLI_FAIL;
 }
 
+/* ---- tail -------------------------------------------------------------- */
+
+#define CLI_TAIL_POLL_MS 200	/* a live view, not a consumer: it polls */
+
+struct cli_tail {
+    int   json;
+    char *next;        /* id of the last entry printed */
+};
+
+static int
+cli_tail_print(void *arg, const char *text, size_t len)
+{
+    struct cli_tail *t = arg;
+    const char *dend, *data = cli_json_member(text, text + len, "data", &dend);
+    json_t *e = cli_parse_line(text, len);
+    const char *id = json_string_value(json_object_get(e, "id"));
+    const char *type = json_string_value(json_object_get(e, "type"));
+
+    if (t->json) {
+        fwrite(text, 1, len, stdout);
+        putchar('\n');
+    } else {
+        printf("%s", id ? id : "?");
+        if (type)
+            printf(" type=%s", type);
+        printf(" data=%.*s\n", data ? (int)(dend - data) : 4, data ? data : "null");
+    }
+    json_decref(e);
+    return 0;
+}
+
+/* One range request ({"last":N} first, then {"from":next}): 0 or -1. */
+static int
+cli_tail_poll(sb_client *c, const struct cli_global *g, const char *stream, long last,
+              struct cli_tail *t)
+{
+    const char *line, *end, *entries;
+    size_t len;
+    json_t *req = json_pack("{s:s, s:s}", "op", "range", "stream", stream);
+
+    if (t->next)
+        json_object_set_new(req, "from", json_string(t->next));
+    else
+        json_object_set_new(req, "last", json_integer(last));
+    json_t *reply = cli_request_line(c, g, req, "tail", &line, &len);
+    json_decref(req);
+    if (!reply)
+        return -1;
+    int rc = -1;
+    if (cli_reply_failed(reply, NULL) == 0 &&
+        (entries = cli_json_member(line, line + len, "entries", &end)) != NULL &&
+        cli_json_each(entries, end, cli_tail_print, t) == 0) {
+        const char *next = json_string_value(json_object_get(reply, "next"));
+        rc = 0;
+        if (next) {
+            free(t->next);
+            t->next = strdup(next);
+        }
+        fflush(stdout);
+    }
+    json_decref(reply);
+    return rc;
+}
+
+static int
+cli_cmd_tail(const struct cli_global *g, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        { "last", required_argument, NULL, 'l' },
+        { "json", no_argument,       NULL, 'j' },
+        { "help", no_argument,       NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
+    struct cli_tail t = { 0, NULL };
+    long last = 10;
+    int ch;
+
+    optind = 0;
+    while ((ch = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        if (ch == 'l' && cli_parse_long(optarg, 1, 1000, &last) == 0)
+            continue;
+        if (ch == 'j') {
+            t.json = 1;
+            continue;
+        }
+        return ch == 'h' ? (puts("usage: tail STREAM [--last N] [--json]"), CLI_OK) :
+               cli_usage_error("usage: tail STREAM [--last N] [--json]");
+    }
+    if (argc - optind != 1)
+        return cli_usage_error("usage: tail STREAM [--last N] [--json]");
+    sb_client *c = cli_open(g);
+    if (!c)
+        return CLI_FAIL;
+    cli_catch_signals();
+    int rc = CLI_OK;
+    while (!cli_interrupted) {
+        if (cli_tail_poll(c, g, argv[optind], last, &t) < 0) {
+            rc = CLI_FAIL;
+            break;
+        }
+        poll(NULL, 0, CLI_TAIL_POLL_MS);
+    }
+    free(t.next);
+    sb_close(c);
+    return rc;
+}
+
 /* ---- main -------------------------------------------------------------- */
 
 static const struct cli_command {
@@ -1651,6 +1762,7 @@ static const struct cli_command {
     { "pub",   cli_cmd_pub },
     { "sub",   cli_cmd_sub },
     { "stats", cli_cmd_stats },
+    { "tail",  cli_cmd_tail },
     { "dlq",   cli_cmd_dlq },
     { "bench", cli_cmd_bench },
 };

@@ -26,6 +26,7 @@ static const char *const proto_op_names[OP__COUNT] = {
 	[OP_SUB] = "sub", [OP_ACK] = "ack", [OP_NACK] = "nack",
 	[OP_TOUCH] = "touch", [OP_UNSUB] = "unsub", [OP_STATS] = "stats",
 	[OP_BYE] = "bye", [OP_DLQ] = "dlq", [OP_REPLAY] = "replay",
+	[OP_RANGE] = "range",
 };
 
 const char *
@@ -634,6 +635,12 @@ proto_parse_op(struct proto_request *req, const char *line, size_t len,
 		return 0;
 	case OP_STATS:
 		return proto_name(req->root, "stream", 0, &req->stream, err);
+	case OP_RANGE:
+		if (proto_long(req->root, "last", 0, 1, PROTO_MAX_DLQ_LIST, &req->last, err) != 0)
+			return -1;
+		if (req->last > 0 && json_object_get(req->root, "from") != NULL)
+			return proto_fail(err, "bad_request", "last: give either from or last");
+		/* FALLTHROUGH */
 	case OP_DLQ:
 		req->count = 100;
 		return proto_name(req->root, "stream", 1, &req->stream, err) != 0 ||

@@ -2556,6 +2556,59 @@ static void entry_ids(const json_t *reply, json_t *ids)
         json_array_append_new(ids, json_string(h_str(e, "id")));
 }
 
+START_TEST(t_range)
+{
+    /* range: the stream's own entries, for a live view without a group */
+    sb_client *c = h_connect();
+    char *ids[5];
+    for (int i = 0; i < 5; i++)
+        ids[i] = h_pub(c, "rg", h_fmt("{\"n\": %d}", i));
+    json_t *r = h_ok(h_req(c, "{'op':'range','stream':'rg','last':2}"));
+    json_t *e = json_object_get(r, "entries");
+    ck_assert_int_eq(json_array_size(e), 2);
+    ck_assert_str_eq(h_str(json_array_get(e, 0), "id"), ids[3]);     /* oldest first */
+    ck_assert_str_eq(h_str(json_array_get(e, 1), "id"), ids[4]);
+    ck_assert_str_eq(h_str(r, "next"), ids[4]);
+    assert_json_eq(json_object_get(json_array_get(e, 1), "data"), "{\"n\":4}");
+    json_decref(r);
+    r = h_ok(h_req(c, "{'op':'range','stream':'rg','from':'%s','count':2}", ids[1]));
+    e = json_object_get(r, "entries");
+    ck_assert_int_eq(json_array_size(e), 2);
+    ck_assert_str_eq(h_str(json_array_get(e, 0), "id"), ids[2]);
+    ck_assert_str_eq(h_str(r, "next"), ids[3]);
+    json_decref(r);
+    r = h_ok(h_req(c, "{'op':'range','stream':'rg','from':'%s'}", ids[4]));
+    ck_assert_int_eq(json_array_size(json_object_get(r, "entries")), 0);
+    ck_assert_ptr_null(json_object_get(r, "next"));
+    json_decref(r);
+    json_decref(h_bad(h_req(c, "{'op':'range','stream':'rg','last':2,'from':'%s'}", ids[0]), "last"));
+    json_decref(h_bad(h_req(c, "{'op':'range','stream':'rg','last':0}"), "last"));
+    /* a range is no consumer: no group appears */
+    ck_assert_int_eq(h_redis_int("XLEN sb:rg"), 5);
+    redisReply *x = h_redis("XINFO GROUPS sb:rg");
+    ck_assert_int_eq(x->elements, 0);
+    freeReplyObject(x);
+    /* streambus-cli tail prints the last N, then new ones (SIGINT ends it) */
+    char *log = h_fmt("%s/tail.out", H.dir);
+    char *const argv[] = { "./src/streambus-cli", "-s", H.addr, "tail", "rg", "--last", "1", NULL };
+    h_proc t = { 0 };
+    h_spawn(argv, log, &t);
+    h_sleep_ms(700);
+    char *id5 = h_pub(c, "rg", "{\"n\": 5}");
+    h_sleep_ms(700);
+    h_stop(&t, SIGINT, 3000);
+    char *out = h_read_file(log);
+    ck_assert_ptr_nonnull(out);
+    ck_assert_msg(strstr(out, ids[4]) && strstr(out, id5) && !strstr(out, ids[3]),
+                  "tail printed: %s", out);
+    free(out);
+    free(log);
+    free(id5);
+    for (int i = 0; i < 5; i++)
+        free(ids[i]);
+}
+END_TEST
+
 START_TEST(t_dlq_list_fields)
 {
     sb_client *s = h_connect(), *p = h_connect(), *q = h_connect();
@@ -3117,6 +3170,7 @@ int main(void)
     tcase_add_test(tc, t_dlq_replay_all);
     tcase_add_test(tc, t_dlq_bad_requests);
     tcase_add_test(tc, t_dlq_cli);
+    tcase_add_test(tc, t_range);
     if (auth)
         tcase_add_test(tc, t_dlq_auth);
 

@@ -768,7 +768,7 @@ START_TEST(test_op_names)
 {
 	static const char *const names[OP__COUNT] = {
 		"hello", "ping", "pub", "sub", "ack", "nack", "touch", "unsub", "stats", "bye",
-		"dlq", "replay",
+		"dlq", "replay", "range",
 	};
 	struct proto_request r;
 
