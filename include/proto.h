@@ -37,7 +37,7 @@ enum proto_frame proto_frame_next(struct proto_framer *f, const char *buf,
 
 enum proto_op {
 	OP_HELLO, OP_PING, OP_PUB, OP_SUB, OP_ACK, OP_NACK, OP_TOUCH, OP_UNSUB,
-	OP_STATS, OP_BYE, OP_DLQ, OP_REPLAY, OP__COUNT
+	OP_STATS, OP_BYE, OP_DLQ, OP_REPLAY, OP_RANGE, OP__COUNT
 };
 
 struct proto_msg {
@@ -71,6 +71,7 @@ struct proto_request {
 	int         dead;
 	/* dlq, replay */
 	long        count;
+	long        last;	/* range: the newest N entries */
 	int         all;
 };
 
