@@ -115,6 +115,8 @@ static struct broker {
 	const struct config *cfg;
 	struct redis_link   *cmd;
 	struct redis_link   *durable;	/* pubs of replicas:N streams, then WAIT */
+	struct wait_batch   *wait_next;	/* pubs the next WAIT confirms */
+	struct event        *wait_ev;
 	struct stream       *streams;
 	struct idmap         subs;
 	uint64_t             next_uid;
@@ -1101,6 +1103,68 @@ pub_replicated(redisReply *r, void *arg)
 	pending_free(p);
 }
 
+/*
+ * One WAIT confirms every write made before it on its connection, and a
+ * WAIT holds the connection until it returns: so the replicas:N pubs of
+ * one loop iteration share one WAIT (a pub waits at most about two
+ * timeouts, not one per pub queued before it).
+ */
+#define BROKER_WAIT_BATCH 4096
+
+struct wait_batch {
+	size_t          n;
+	long            replicas, timeout_ms;
+	struct pending *p[BROKER_WAIT_BATCH];
+};
+
+static void
+wait_done(redisReply *r, void *arg)
+{
+	struct wait_batch *w = arg;
+
+	for (size_t i = 0; i < w->n; i++)
+		pub_replicated(r, w->p[i]);
+	free(w);
+}
+
+static void
+wait_flush(evutil_socket_t fd, short what, void *arg)
+{
+	struct wait_batch *w = B.wait_next;
+
+	(void)fd;
+	(void)what;
+	(void)arg;
+	B.wait_next = NULL;
+	if (w == NULL)
+		return;
+	if (B.durable == NULL || redis_cmd(B.durable, wait_done, w, "WAIT %ld %ld",
+	    w->replicas, w->timeout_ms) != 0)
+		wait_done(NULL, w);	/* link gone: each is indeterminate */
+}
+
+/* p's entries were sent on the durable link: confirm them with the next
+ * WAIT.  -1 when out of memory. */
+static int
+wait_enqueue(struct pending *p)
+{
+	const struct stream_conf *sc = &p->stream->conf;
+
+	if (B.wait_next != NULL && B.wait_next->n == BROKER_WAIT_BATCH)
+		wait_flush(-1, 0, NULL);
+	if (B.wait_next == NULL) {
+		if ((B.wait_next = calloc(1, sizeof(*B.wait_next))) == NULL)
+			return -1;
+		event_active(B.wait_ev, EV_TIMEOUT, 0);
+	}
+	if (sc->replicas > B.wait_next->replicas)
+		B.wait_next->replicas = sc->replicas;
+	if (sc->replicas_timeout_ms > B.wait_next->timeout_ms)
+		B.wait_next->timeout_ms = sc->replicas_timeout_ms;
+	B.wait_next->p[B.wait_next->n++] = p;
+	return 0;
+}
+
 /* Fields of one entry: data, then type and source when known. */
 static int
 pub_fields(const struct conn *c, const struct proto_msg *m, const char **argv,
@@ -1291,14 +1355,10 @@ broker_pub(struct conn *c, uint64_t seq, struct proto_request *req)
 		rc = pub_send_xadd(l, cb, c, s, &req->msgs[0], p);
 	else
 		rc = pub_send_script(l, cb, c, s, req, p);
-	if (rc == 0 && cb == pub_stored &&
+	if (rc == 0 && cb == pub_stored && wait_enqueue(p) != 0 &&
 	    redis_cmd(l, pub_replicated, p, "WAIT %ld %ld", s->conf.replicas,
-	    s->conf.replicas_timeout_ms) != 0) {
-		/* The pub went out without its WAIT: the link just broke, and
-		 * pub_stored will answer indeterminate. */
-		p->failed = 1;
-		return;
-	}
+	    s->conf.replicas_timeout_ms) != 0)
+		log_err("broker", c->id, "%s: a replicas pub cannot be confirmed", s->name);
 	if (rc != 0)
 		pub_fail(p, "unavailable", "could not send to Redis; nothing was stored");
 }
@@ -2310,6 +2370,9 @@ broker_init(struct event_base *base, const struct config *cfg)
 		return -1;
 	B.cmd = redis_link_new(base, "command", cmd_state, NULL);
 	B.tick = event_new(base, -1, EV_PERSIST, broker_tick, NULL);
+	B.wait_ev = event_new(base, -1, 0, wait_flush, NULL);
+	if (B.wait_ev == NULL)
+		return -1;
 	if (B.cmd == NULL || B.tick == NULL || event_add(B.tick, &tv) != 0)
 		return -1;
 	/* Declared streams exist from the start (stats, metrics). */
@@ -2398,6 +2461,9 @@ broker_free(void)
 
 	if (B.tick != NULL)
 		event_free(B.tick);
+	wait_flush(-1, 0, NULL);	/* answers what still waits (link freed below) */
+	if (B.wait_ev != NULL)
+		event_free(B.wait_ev);
 	for (s = B.streams; s != NULL; s = s->next)
 		for (g = s->groups; g != NULL; g = g->next)
 			group_drop_reader(g);

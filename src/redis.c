@@ -428,8 +428,11 @@ redis_set_master(const char *host, int port)
 {
 	if (strcmp(host, redis_settings.host) == 0 && port == redis_settings.port)
 		return;
-	log_warn("redis", 0, "master is now %s:%d (was %s:%d)", host, port,
-	    redis_settings.host, redis_settings.port);
+	if (redis_settings.host[0] == '\0')
+		log_info("redis", 0, "master is %s:%d", host, port);
+	else
+		log_warn("redis", 0, "master is now %s:%d (was %s:%d)", host, port,
+		    redis_settings.host, redis_settings.port);
 	snprintf(redis_settings.host, sizeof(redis_settings.host), "%s", host);
 	redis_settings.port = port;
 	for (struct redis_link *l = redis_links; l != NULL; l = l->next) {
