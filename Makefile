@@ -36,7 +36,7 @@ UNIT_TESTS  := tests/check_proto tests/check_config tests/check_metrics
 INTEG_TESTS := tests/check_integration tests/check_abuse tests/check_sentinel
 TESTS       := $(UNIT_TESTS) $(INTEG_TESTS)
 
-.PHONY: all deps run check unit integration bench chaos chaos-short clean install uninstall
+.PHONY: all deps run check check-valgrind unit integration bench chaos chaos-short clean install uninstall
 
 all: $(BINS)
 
@@ -115,6 +115,11 @@ chaos: all $(CHAOS)
 
 chaos-short: all $(CHAOS)
 	./$(CHAOS) --seconds 3
+
+# The integration suite with the daemon under valgrind memcheck: any error,
+# or a definite leak at exit, fails the test that stopped that daemon.
+check-valgrind: all $(INTEG_TESTS)
+	SB_DAEMON=tests/valgrind-daemon.sh ./tests/check_integration
 
 bench: all
 	@sh perf/run

@@ -2907,13 +2907,21 @@ START_TEST(t_dlq_auth)
 }
 END_TEST
 
-/* The directory of the daemon under test, where streambus-cli is too. */
+/* The directory of the daemon under test, where streambus-cli is too
+ * (src/ when the daemon runs through a wrapper such as
+ * tests/valgrind-daemon.sh). */
 static char *bin_dir(void)
 {
     char *dir = strdup(h_daemon_path());
     char *slash = strrchr(dir, '/');
     ck_assert_ptr_nonnull(slash);
     *slash = '\0';
+    char *cli = h_fmt("%s/streambus-cli", dir);
+    if (access(cli, X_OK) != 0) {
+        free(dir);
+        dir = strdup("src");
+    }
+    free(cli);
     return dir;
 }
 
