@@ -7,8 +7,11 @@
  *    and stats query, in order;
  *  - each consumer group has one "reader" link for its blocking XREADGROUP
  *    (a blocked read holds its connection, so it cannot share the command
- *    link).  The reader serves the group's subscriptions round-robin, one
- *    read at a time, COUNT sized to the chosen subscription's free prefetch.
+ *    link).  The reader serves the group's subscriptions one read at a
+ *    time, the least-served first (fair shares), COUNT sized to its free
+ *    prefetch, the group's backlog and the room left in its output;
+ *  - streams with durability = replicas:N publish over a "durable" link,
+ *    one WAIT confirming the publishes of each loop iteration.
  * Every client consumer is a Redis consumer of the same name, so Redis' PEL
  * (owner, idle time, delivery count) is the source of truth: it survives
  * reconnects and daemon restarts, and another daemon sharing the Redis sees
@@ -19,6 +22,10 @@
  * disconnect, nack) sets their idle time far past any deadline so the next
  * sweep of any daemon hands them on; a nack delay parks them in a sorted set
  * the sweep honours.
+ *
+ * Several daemons share a Redis through a liveness key each and a
+ * consumer -> daemon ownership hash per group ("own"/"reap" in broker.lua).
+ * Retention trims what every group has acknowledged ("retain").
  *
  * Callbacks never hold pointers to connections or subscriptions: they carry
  * ids and look them up, so a client that left meanwhile is simply not found.
