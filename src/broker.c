@@ -70,6 +70,7 @@ struct group {
 	int                 reading;
 	uint64_t            read_uid;	/* sub the running read is for */
 	long                read_count;	/* COUNT of the running read */
+	char                claim_from[48];	/* where the next sweep scans from */
 	int                 backlog;	/* the last read came back full */
 	size_t              avg_bytes;	/* recent delivery size, for read sizes */
 	long long           reader_id;	/* CLIENT ID of the reader link */
@@ -890,6 +891,18 @@ claim_done(redisReply *r, void *arg)
 		s = sub_lookup(p->sub_uid);
 		/* Entries came back: there may be more right now. */
 		more = out->elements > 0 || r->element[1]->integer > 0;
+		/* Sweeps go on through the pending list from where the last one
+		 * stopped, so entries held back by a nack delay cannot hide the
+		 * rest; a short scan means the end: from the start next time. */
+		if (!p->n) {
+			if (scanned < BROKER_CLAIM_SCAN || last->type != REDIS_REPLY_STRING ||
+			    last->len == 0)
+				strcpy(g->claim_from, "-");
+			else {
+				snprintf(g->claim_from, sizeof(g->claim_from), "(%s", last->str);
+				more = 1;
+			}
+		}
 		if (s != NULL && s->recovering && p->n) {
 			/* One pass over its own pending list, never twice:
 			 * on from the last entry looked at, until none is left. */
@@ -945,7 +958,7 @@ group_sweep(struct group *g)
 		const char *argv[] = { g->stream->key, g->stream->dlq_key, g->delay_key,
 		    g->fails_key, "claim", g->name, s->consumer, min_idle, count, maxatt, now,
 		    s->recovering ? s->consumer : "", scan,
-		    s->recovering ? s->recover_from : "-" };
+		    s->recovering ? s->recover_from : g->claim_from[0] ? g->claim_from : "-" };
 		if (broker_script(claim_done, p, 4, 14, argv, NULL) != 0) {
 			pending_free(p);
 			return;
@@ -1401,45 +1414,53 @@ group_consumer_live(const struct group *g, const char *consumer)
 	return 0;
 }
 
+/* The group exists and the consumer name is ours (broker.lua "own").  The
+ * reply goes last: conn_reply may close the connection or handle lines
+ * already buffered (an unsub of this very sub), freeing s. */
 static void
 sub_created(redisReply *r, void *arg)
 {
 	struct pending *p = arg;
 	struct sub *s = sub_lookup(p->sub_uid);
-	struct conn *c = pending_conn(p);
+	struct conn *c;
+	const char *code = NULL, *msg = NULL, *consumer = json_string_value(p->result);
+	long id = (long)p->n;
 
-	if (s == NULL || c == NULL) {
-		pending_free(p);
-		return;
-	}
+	if (consumer == NULL)
+		consumer = "";
+
 	broker_check_noscript(r);
 	if (r == NULL || redis_reply_is_error(r)) {
-		const char *code = r == NULL || !redis_reply_error_is(r, "ERR") ? "unavailable" : "bad_request";
-		reply_error(c, p->seq, p->rid, code, r ? r->str : "Redis connection lost");
-		sub_free(s);
-		pending_free(p);
-		return;
-	}
-	if ((r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) &&
+		code = r == NULL || !redis_reply_error_is(r, "ERR") ? "unavailable" : "bad_request";
+		msg = r ? r->str : "Redis connection lost";
+	} else if ((r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) &&
 	    strcmp(r->str, "in_use") == 0) {
-		reply_error(c, p->seq, p->rid, "consumer_in_use",
-		    "that consumer is subscribed to this stream and group through another streambusd");
-		sub_free(s);
-		pending_free(p);
-		return;
+		code = "consumer_in_use";
+		msg = "that consumer is subscribed to this stream and group through another streambusd";
 	}
-	proto_ok_begin(B.scratch, p->rid);
-	evbuffer_add_printf(B.scratch, ",\"sub\":%ld,\"consumer\":", s->id);
-	proto_put_string(B.scratch, s->consumer, strlen(s->consumer));
-	proto_end(B.scratch);
-	conn_reply(c, p->seq, B.scratch);
+	if (s != NULL && code != NULL)
+		sub_free(s);
+	else if (s != NULL) {
+		s->ready = 1;
+		s->recovering = 1;	/* its own pending entries first */
+		strcpy(s->recover_from, "-");
+		if (group_ensure_reader(s->group) != 0)
+			log_err("broker", p->conn_id, "cannot create a reader for %s", s->group->name);
+		group_sweep(s->group);
+	} else if (code == NULL)	/* unsubscribed or gone meanwhile: give the name back */
+		redis_cmd(B.cmd, NULL, NULL, "HDEL %s %s", p->group->owners_key, consumer);
+	if ((c = pending_conn(p)) != NULL) {
+		if (code != NULL)
+			reply_error(c, p->seq, p->rid, code, msg);
+		else {
+			proto_ok_begin(B.scratch, p->rid);
+			evbuffer_add_printf(B.scratch, ",\"sub\":%ld,\"consumer\":", id);
+			proto_put_string(B.scratch, consumer, strlen(consumer));
+			proto_end(B.scratch);
+			conn_reply(c, p->seq, B.scratch);
+		}
+	}
 	pending_free(p);
-	s->ready = 1;
-	s->recovering = 1;	/* its own pending entries first */
-	strcpy(s->recover_from, "-");
-	if (group_ensure_reader(s->group) != 0)
-		log_err("broker", c->id, "cannot create a reader for %s", s->group->name);
-	group_sweep(s->group);
 }
 
 static void
@@ -1502,6 +1523,8 @@ broker_sub(struct conn *c, uint64_t seq, struct proto_request *req)
 	g->m.active_consumers++;
 	p->sub_uid = s->uid;
 	p->group = g;
+	p->n = (size_t)s->id;
+	p->result = json_string(s->consumer);
 	if (req->from != NULL)
 		from = strcmp(req->from, "all") == 0 ? "0" : strcmp(req->from, "new") == 0 ?
 		    "$" : req->from;

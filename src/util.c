@@ -55,17 +55,19 @@ idmap_free(struct idmap *m)
 static size_t
 idmap_bucket(const struct idmap *m, uint64_t id)
 {
+	/* callers check nbuckets: a freed map finds nothing */
 	return (size_t)((id * 0x9e3779b97f4a7c15ull) >> 17) % m->nbuckets;
 }
 
 int
 idmap_put(struct idmap *m, uint64_t id, void *p)
 {
-	struct idmap_entry *e = malloc(sizeof(*e));
-	size_t b = idmap_bucket(m, id);
+	struct idmap_entry *e;
+	size_t b;
 
-	if (e == NULL)
+	if (m->nbuckets == 0 || (e = malloc(sizeof(*e))) == NULL)
 		return -1;
+	b = idmap_bucket(m, id);
 	e->id = id;
 	e->p = p;
 	e->next = m->buckets[b];
@@ -77,6 +79,8 @@ idmap_put(struct idmap *m, uint64_t id, void *p)
 void *
 idmap_get(const struct idmap *m, uint64_t id)
 {
+	if (m->nbuckets == 0)
+		return NULL;
 	for (struct idmap_entry *e = m->buckets[idmap_bucket(m, id)]; e; e = e->next)
 		if (e->id == id)
 			return e->p;
@@ -86,7 +90,11 @@ idmap_get(const struct idmap *m, uint64_t id)
 void
 idmap_del(struct idmap *m, uint64_t id)
 {
-	struct idmap_entry **pp = &m->buckets[idmap_bucket(m, id)];
+	struct idmap_entry **pp;
+
+	if (m->nbuckets == 0)
+		return;
+	pp = &m->buckets[idmap_bucket(m, id)];
 
 	for (; *pp != NULL; pp = &(*pp)->next) {
 		if ((*pp)->id == id) {

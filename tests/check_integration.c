@@ -1724,6 +1724,43 @@ START_TEST(t_raw_xadd_fields)
 }
 END_TEST
 
+START_TEST(t_sub_then_unsub_or_bye_at_once)
+{
+    /* sub and unsub (or bye) in one write, before Redis answered the sub:
+     * every line still gets its reply, in order, and nothing breaks. */
+    sb_client *c = h_connect();
+    const char a[] = "{\"op\":\"sub\",\"stream\":\"su\",\"group\":\"g\",\"rid\":1}\n"
+                     "{\"op\":\"unsub\",\"sub\":1,\"rid\":2}\n{\"op\":\"ping\",\"rid\":3}\n";
+    h_send_raw(c, a, sizeof(a) - 1);
+    for (int i = 1; i <= 3; i++) {
+        json_t *r = h_ok(h_read(c, H_REPLY_MS));
+        ck_assert_int_eq(h_int(r, "rid"), i);
+        json_decref(r);
+    }
+    sb_client *d = h_connect();
+    const char b[] = "{\"op\":\"sub\",\"stream\":\"su\",\"group\":\"g\",\"rid\":1}\n"
+                     "{\"op\":\"bye\",\"rid\":2}\n";
+    h_send_raw(d, b, sizeof(b) - 1);
+    for (int i = 1; i <= 2; i++) {
+        json_t *r = h_ok(h_read(d, H_REPLY_MS));
+        ck_assert_int_eq(h_int(r, "rid"), i);
+        json_decref(r);
+    }
+    /* a sub refused by Redis (wrong key type), then bye */
+    freeReplyObject(h_redis("SET sb:wt x"));
+    sb_client *e = h_connect();
+    const char w[] = "{\"op\":\"sub\",\"stream\":\"wt\",\"group\":\"g\",\"rid\":1}\n"
+                     "{\"op\":\"bye\",\"rid\":2}\n";
+    h_send_raw(e, w, sizeof(w) - 1);
+    json_t *r = h_read(e, H_REPLY_MS);
+    ck_assert(json_is_false(json_object_get(r, "ok")));
+    json_decref(r);
+    json_decref(h_ok(h_read(e, H_REPLY_MS)));
+    /* the daemon is fine */
+    json_decref(h_ok(h_req(c, "{'op':'ping'}")));
+}
+END_TEST
+
 START_TEST(t_client_bye)
 {
     /* bye is answered like any request (after the replies before it),
@@ -3130,6 +3167,7 @@ int main(void)
     tcase_add_test(tc, t_many_subscribers_served_promptly);
     tcase_add_test(tc, t_raw_xadd_fields);
     tcase_add_test(tc, t_client_bye);
+    tcase_add_test(tc, t_sub_then_unsub_or_bye_at_once);
     tcase_add_test(tc, t_trim_keeps_unacked);
     tcase_add_test(tc, t_retention);
     tcase_add_test(tc, t_idle_timeout);
