@@ -802,12 +802,12 @@ START_TEST(t_pub_single_stored)
     ck_assert_str_eq(h_entry_field(x->element[0], "data"),
                      "{\"a\": 1, \"b\": [true, null, \"x y\"], \"c\": {\"d\": 2.5}}");
     freeReplyObject(x);
-    json_decref(r);
 
     /* Scalars are JSON too. */
     char *id2 = h_pub(c, "orders", "\"text\"");
     char *id3 = h_pub(c, "orders", "12");
     ck_assert(h_id_cmp(id, id2) < 0);
+    json_decref(r);     /* id points into r */
     ck_assert(h_id_cmp(id2, id3) < 0);
     x = h_redis("XRANGE sb:orders %s %s", id2, id3);
     ck_assert_int_eq(x->elements, 2);
