@@ -748,16 +748,47 @@ sub_free(struct sub *s)
 
 /* ---- reading new entries ---- */
 
-/* Deliver one XREADGROUP/claim batch to sub (or release it when the sub
- * left while Redis was answering). entries: [[id, fields], ...]. */
+/* Entries Redis handed to consumer that will not reach it: back to the
+ * group, with the delivery count they had before (they were not
+ * delivered, so the next delivery shows the right attempt). */
+static void
+group_give_back(struct group *g, const char *consumer, const char **ids,
+    const long *attempts, size_t n)
+{
+	char retry[24];
+	size_t i = 0;
+
+	while (i < n) {	/* one release per run of equal attempts */
+		size_t j = i + 1;
+		while (j < n && attempts[j] == attempts[i])
+			j++;
+		snprintf(retry, sizeof(retry), "%ld", attempts[i] - 1);
+		broker_release(g, consumer, ids + i, j - i, 0, retry, "", NULL);
+		i = j;
+	}
+}
+
+/* Deliver one XREADGROUP/claim batch to sub.  What cannot go to it goes
+ * back to the group: all of it when the sub left while Redis was
+ * answering, and whatever is beyond its prefetch (a read and a claim for
+ * the same sub may both have been out).  entries: [[id, fields], ...], or
+ * [[id, attempt, fields], ...] when claimed. */
 static void
 group_hand_out(struct group *g, uint64_t uid, const char *consumer,
     const redisReply *entries, int claimed)
 {
 	struct sub *s = sub_lookup(uid);
-	const char **orphans = NULL;
-	size_t norphans = 0;
+	const char **back = calloc(entries->elements + 1, sizeof(*back));
+	long *attempts = calloc(entries->elements + 1, sizeof(*attempts));
+	size_t nback = 0;
 
+	if (back == NULL || attempts == NULL) {
+		free(back);
+		free(attempts);
+		log_err("broker", 0, "%s/%s: out of memory handing out entries; they return "
+		    "after the ack deadline", g->stream->name, g->name);
+		return;
+	}
 	if (s != NULL && s->conn != NULL && s->conn->state == CONN_OPEN &&
 	    conn_over_limit(s->conn)) {
 		/* it did not take the last batch: no more for it */
@@ -765,8 +796,8 @@ group_hand_out(struct group *g, uint64_t uid, const char *consumer,
 		conn_close(s->conn, "slow_consumer", 0);
 		s = sub_lookup(uid);
 	}
-	if (s == NULL || s->conn == NULL || s->conn->state != CONN_OPEN || B.stopping)
-		orphans = calloc(entries->elements + 1, sizeof(*orphans));
+	if (s != NULL && (s->conn == NULL || s->conn->state != CONN_OPEN || B.stopping))
+		s = NULL;
 	for (size_t i = 0; i < entries->elements; i++) {
 		const redisReply *e = entries->element[i];
 		long attempt = 1;
@@ -778,18 +809,17 @@ group_hand_out(struct group *g, uint64_t uid, const char *consumer,
 				continue;
 			attempt = (long)e->element[1]->integer;
 		}
-		if (orphans != NULL)
-			orphans[norphans++] = e->element[0]->str;
-		else if (s != NULL && sub_deliver(s, e->element[0]->str, attempt,
-		    e->element[claimed ? 2 : 1]) != 0) {
-			/* its connection closed: the rest go back to the group */
-			s = NULL;
-			orphans = calloc(entries->elements + 1, sizeof(*orphans));
-		}
+		if (s == NULL || sub_credit(s) <= 0) {
+			back[nback] = e->element[0]->str;
+			attempts[nback++] = attempt;
+		} else if (sub_deliver(s, e->element[0]->str, attempt,
+		    e->element[claimed ? 2 : 1]) != 0)
+			s = NULL;	/* its connection closed: the rest go back */
 	}
-	if (norphans > 0)
-		broker_release(g, consumer, orphans, norphans, 0, claimed ? "" : "0", "", NULL);
-	free(orphans);
+	if (nback > 0)
+		group_give_back(g, consumer, back, attempts, nback);
+	free(back);
+	free(attempts);
 }
 
 static void
