@@ -349,7 +349,7 @@ const char *h_daemon_path(void)
 
 /* -------------------------------------------------------------- Redis */
 
-static int redis_ping(int port, int timeout_ms)
+int h_redis_ping(int port, int timeout_ms)
 {
     struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
     redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
@@ -379,7 +379,7 @@ int h_redis_start(void)
     for (int i = 0; i < 1000 && mono_ms() < end; i++) {
         if (!h_alive(&H.redis))
             break;
-        if (redis_ping(H.redis_port, 200))
+        if (h_redis_ping(H.redis_port, 200))
             return 0;
         h_sleep_ms(10);
     }

@@ -95,6 +95,8 @@ int  h_alive(h_proc *p);
  * exit status (0..255), 128+signal, or -1 on timeout. */
 int  h_run(char *const argv[], char **out, int timeout_ms);
 
+/* 1 when a redis-server on 127.0.0.1:port answers PING within timeout_ms. */
+int  h_redis_ping(int port, int timeout_ms);
 int  h_redis_start(void);            /* on H.redis_port; 0 ok */
 void h_redis_kill(int sig);          /* stop redis (and forget the cached ctx) */
 int  h_daemon_start(void);           /* writes the config; 0 ok, waits for ping */

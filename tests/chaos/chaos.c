@@ -257,23 +257,6 @@ static void note(const char *fmt, ...)
 
 /* ------------------------------------------------------------- Redis */
 
-static int redis_pong(int port, int timeout_ms)
-{
-    struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-    int ok = 0;
-    if (c && !c->err) {
-        redisSetTimeout(c, tv);
-        redisReply *r = redisCommand(c, "PING");
-        ok = r && r->type == REDIS_REPLY_STATUS && strcmp(r->str, "PONG") == 0;
-        if (r)
-            freeReplyObject(r);
-    }
-    if (c)
-        redisFree(c);
-    return ok;
-}
-
 /* redis-server with AOF (appendfsync always) in H.dir on H.redis_port:
  * a restart on the same port and directory keeps every answered write. */
 static int chaos_redis_start(void)
@@ -289,7 +272,7 @@ static int chaos_redis_start(void)
     while (mono() < end) {
         if (!h_alive(&H.redis))
             return -1;
-        if (redis_pong(H.redis_port, 200))
+        if (h_redis_ping(H.redis_port, 200))
             return 0;
         h_sleep_ms(10);
     }
