@@ -26,7 +26,7 @@ endif
 
 CORE_SRCS   := src/auth.c src/log.c src/config.c src/proto.c src/metrics.c src/redis.c \
                src/broker.c src/conn.c src/http.c src/util.c \
-               src/sentinel.c
+               src/sentinel.c src/cluster.c
 CORE_OBJS   := $(CORE_SRCS:.c=.o)
 CLIENT_OBJS := src/client.o
 BINS        := src/streambusd src/streambus-cli perf/streambus-bench

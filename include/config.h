@@ -65,6 +65,7 @@ struct config {
 	long    pub_wait_ms;
 	char   *sentinels;		/* "host:port,host:port", or NULL */
 	char   *master_name;
+	char   *cluster;		/* "host:port,host:port" seeds, or NULL */
 	/* [defaults] and [stream NAME] */
 	struct stream_conf defaults;
 	struct stream_conf *streams;
@@ -92,6 +93,15 @@ void config_free_redis_url(struct redis_url *u);
 
 /* "host:port" / "[v6]:port"; host is written to out (size outlen). */
 int config_split_hostport(const char *addr, char *host, size_t hostlen, int *port);
+
+/* "host:port,host:port" (commas or spaces): the number of addresses, or
+ * -1 (none, one bad, more than max). */
+#define CONFIG_MAX_HOSTS 16
+struct config_hostport {
+	char host[256];
+	int  port;
+};
+int config_parse_hostlist(const char *list, struct config_hostport *out, int max);
 
 /* Stream names: 1..200 of [A-Za-z0-9_.:-]. */
 int config_valid_stream_name(const char *name, size_t len);

@@ -72,6 +72,7 @@ struct metrics_stream {
 	X(connections, "streambus_connections", "Client connections open.") \
 	X(redis_up, "streambus_redis_up", "1 when the daemon's Redis command connection answers.") \
 	X(redis_links, "streambus_redis_connections", "Redis connections the daemon holds open.") \
+	X(cluster_nodes, "streambus_cluster_nodes", "Redis Cluster masters in the slot map (0 without a cluster).") \
 	X(redis_inflight, "streambus_redis_inflight", "Redis commands sent and not yet answered.")
 
 #define METRICS_GLOBAL_COUNTERS(X) \
@@ -82,7 +83,9 @@ struct metrics_stream {
 	X(idle_closes, "streambus_idle_disconnects_total", "Connections closed after idle_timeout_ms.") \
 	X(lines_too_long, "streambus_lines_too_long_total", "Request lines longer than max_line, skipped.") \
 	X(read_pauses, "streambus_read_pauses_total", "Times a connection stopped being read: max_pending_requests or output_buffer_limit reached.") \
-	X(redis_reconnects, "streambus_redis_reconnects_total", "Redis connection attempts after a loss.")
+	X(redis_reconnects, "streambus_redis_reconnects_total", "Redis connection attempts after a loss.") \
+	X(redis_redirects, "streambus_redis_redirects_total", "Redis Cluster commands answered MOVED or ASK and sent on to the node named.") \
+	X(cluster_refreshes, "streambus_cluster_slot_refreshes_total", "Redis Cluster slot maps read (CLUSTER SLOTS).")
 
 struct metrics_global {
 	METRICS_GLOBAL_GAUGES(METRICS_FIELD)

@@ -19,6 +19,10 @@ struct redis_link;
 /* reply is NULL when the link was lost before Redis answered. */
 typedef void redis_cb(redisReply *reply, void *arg);
 typedef void redis_state_cb(struct redis_link *link, int up, void *arg);
+/* Cluster: the link that serves slot at host:port (ask: for one command
+ * only, while the slot migrates), or NULL. */
+typedef struct redis_link *redis_redirect_cb(struct redis_link *from, int slot,
+    const char *host, int port, int ask);
 
 enum redis_state { REDIS_DOWN, REDIS_CONNECTING, REDIS_HANDSHAKE, REDIS_UP, REDIS_CLOSED };
 
@@ -30,12 +34,21 @@ void redis_link_start(struct redis_link *l);
 void redis_link_reset(struct redis_link *l, const char *why);
 /* Close for good: pending commands get NULL, no reconnect, then free. */
 void redis_link_free(struct redis_link *l);
+/* Disconnect and stay down until redis_link_start or a new address. */
+void redis_link_stop(struct redis_link *l);
+/* Connect to this server instead of the shared one (reconnects if needed). */
+void redis_link_set_addr(struct redis_link *l, const char *host, int port);
+int redis_link_same_server(const struct redis_link *a, const struct redis_link *b);
+/* Commands answered MOVED or ASK go on to the link where() names: each
+ * command is kept until answered. */
+void redis_link_redirects(struct redis_link *l, redis_redirect_cb *where);
 
+/* Both take NULL (not up, nothing in flight). */
 int redis_link_up(const struct redis_link *l);
 size_t redis_link_inflight(const struct redis_link *l);
 const char *redis_link_name(const struct redis_link *l);
 
-/* -1 when the link is not up (nothing sent). */
+/* -1 when the link is NULL or not up (nothing sent). */
 int redis_cmd_argv(struct redis_link *l, redis_cb *cb, void *arg, int argc,
     const char **argv, const size_t *argvlen);
 int redis_cmd(struct redis_link *l, redis_cb *cb, void *arg, const char *fmt, ...);

@@ -13,6 +13,7 @@
 
 uint64_t util_now_ns(void);	/* monotonic */
 int64_t  util_wall_ms(void);	/* since the epoch */
+int      util_streq(const char *a, const char *b);	/* both NULL counts as equal */
 
 struct idmap_entry;
 struct idmap {

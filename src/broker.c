@@ -40,6 +40,7 @@
 #include <event2/event.h>
 
 #include "broker.h"
+#include "cluster.h"
 #include "conn.h"
 #include "log.h"
 #include "redis.h"
@@ -85,6 +86,8 @@ struct group {
 struct stream {
 	char               *name;
 	char               *key, *dlq_key;
+	unsigned            slot;		/* Redis Cluster hash slot of every key */
+	char               *live_prefix;	/* cluster: liveness keys in that slot */
 	struct stream_conf  conf;
 	struct group       *groups;
 	struct metrics_stream m;
@@ -123,7 +126,7 @@ static struct broker {
 	const struct config *cfg;
 	struct redis_link   *cmd;
 	struct redis_link   *durable;	/* pubs of replicas:N streams, then WAIT */
-	struct wait_batch   *wait_next;	/* pubs the next WAIT confirms */
+	struct wait_batch   *waits;	/* pubs the next WAITs confirm */
 	struct event        *wait_ev;
 	struct stream       *streams;
 	struct idmap         subs;
@@ -132,7 +135,7 @@ static struct broker {
 	struct event        *tick;
 	uint64_t             last_poll_ns, last_retain_ns, last_live_ns, start_ns;
 	char                 me[320];		/* this daemon: host:listen */
-	char                *live_prefix, *live_key;
+	char                *live_prefix;	/* <prefix>daemon: (not on a cluster) */
 	struct evbuffer     *scratch;
 	struct evbuffer     *foreign;	/* data of entries others wrote */
 	int                  stopping;
@@ -144,6 +147,7 @@ static void group_fetch(struct group *g);
 static void broker_ensure_durable(const struct config *cfg);
 static void group_sweep(struct group *g);
 static void sub_free(struct sub *s);
+static struct redis_link *stream_cmd(const struct stream *s);
 
 /* ---- small helpers ---- */
 
@@ -252,10 +256,10 @@ broker_script_on(struct redis_link *l, redis_cb *cb, void *arg, int nkeys, int a
 }
 
 static int
-broker_script(redis_cb *cb, void *arg, int nkeys, int argc, const char **argv,
-    const size_t *argvlen)
+broker_script(const struct stream *s, redis_cb *cb, void *arg, int nkeys, int argc,
+    const char **argv, const size_t *argvlen)
 {
-	return broker_script_on(B.cmd, cb, arg, nkeys, argc, argv, argvlen);
+	return broker_script_on(stream_cmd(s), cb, arg, nkeys, argc, argv, argvlen);
 }
 
 static void
@@ -268,26 +272,68 @@ broker_script_loaded(redisReply *r, void *arg)
 		log_err("broker", 0, "SCRIPT LOAD failed: %s", r->type == REDIS_REPLY_ERROR ? r->str : "?");
 }
 
+static void
+broker_load_script(struct redis_link *l, void *arg)
+{
+	(void)arg;
+	redis_cmd(l, broker_script_loaded, NULL, "SCRIPT LOAD %s", broker_lua);
+}
+
 /* A script reply: NOSCRIPT means Redis lost its script cache under us. */
 static void
 broker_check_noscript(const redisReply *r)
 {
-	if (redis_reply_error_is(r, "NOSCRIPT")) {
-		B.sha[0] = '\0';
-		redis_cmd(B.cmd, broker_script_loaded, NULL, "SCRIPT LOAD %s", broker_lua);
-	}
+	if (!redis_reply_error_is(r, "NOSCRIPT"))
+		return;
+	B.sha[0] = '\0';
+	if (cluster_enabled())
+		cluster_foreach(CLUSTER_CMD, broker_load_script, NULL);
+	else
+		broker_load_script(B.cmd, NULL);
 }
 
 /* ---- streams and groups ---- */
 
+/* <prefix>S<suffix>; on a cluster <prefix>{S}<suffix>, so that every key
+ * of a stream hashes to the stream's slot. */
 static char *
 broker_key(const char *name, const char *suffix)
 {
 	char *k;
 
-	if (asprintf(&k, "%s%s%s", B.cfg->prefix, name, suffix) < 0)
+	if (asprintf(&k, cluster_enabled() ? "%s{%s}%s" : "%s%s%s", B.cfg->prefix, name,
+	    suffix) < 0)
 		return NULL;
 	return k;
+}
+
+/* The command link for a key: the one Redis, or the master of its slot
+ * (NULL while unknown). */
+static struct redis_link *
+broker_link_for(const char *key)
+{
+	if (!cluster_enabled())
+		return B.cmd;
+	return cluster_link(cluster_key_slot(key, strlen(key)), CLUSTER_CMD);
+}
+
+static struct redis_link *
+stream_cmd(const struct stream *s)
+{
+	return cluster_enabled() ? cluster_link(s->slot, CLUSTER_CMD) : B.cmd;
+}
+
+static struct redis_link *
+stream_durable(const struct stream *s)
+{
+	return cluster_enabled() ? cluster_link(s->slot, CLUSTER_DURABLE) : B.durable;
+}
+
+/* Where the liveness keys of daemons owning consumers of s live. */
+static const char *
+stream_live_prefix(const struct stream *s)
+{
+	return s->live_prefix != NULL ? s->live_prefix : B.live_prefix;
 }
 
 static struct stream *
@@ -311,13 +357,18 @@ stream_get(const char *name)
 	s->name = strdup(name);
 	s->key = broker_key(name, "");
 	s->dlq_key = broker_key(name, ":dlq");
-	if (s->name == NULL || s->key == NULL || s->dlq_key == NULL) {
+	if (cluster_enabled())
+		s->live_prefix = broker_key(name, ":daemon:");
+	if (s->name == NULL || s->key == NULL || s->dlq_key == NULL ||
+	    (cluster_enabled() && s->live_prefix == NULL)) {
 		free(s->name);
 		free(s->key);
 		free(s->dlq_key);
+		free(s->live_prefix);
 		free(s);
 		return NULL;
 	}
+	s->slot = cluster_key_slot(s->key, strlen(s->key));
 	s->conf = *config_stream(B.cfg, name);
 	s->conf.next = NULL;
 	s->m.name = s->name;
@@ -413,8 +464,28 @@ group_ensure_reader(struct group *g)
 	g->reader = redis_link_new(B.base, name, reader_state, g);
 	if (g->reader == NULL)
 		return -1;
+	if (cluster_enabled()) {
+		char host[256];
+		int port;
+		/* On the stream's master; broker_map_changed starts it when
+		 * none is known yet. */
+		if (cluster_slot_addr(g->stream->slot, host, sizeof(host), &port) == 0)
+			redis_link_set_addr(g->reader, host, port);
+		return 0;
+	}
 	redis_link_start(g->reader);
 	return 0;
+}
+
+/* CLIENT UNBLOCK of the running read, sent where the reader is connected
+ * (a client id means nothing on another server). */
+static void
+group_end_read(struct group *g)
+{
+	struct redis_link *l = stream_cmd(g->stream);
+
+	if (g->reader_id > 0 && redis_link_same_server(l, g->reader))
+		redis_cmd(l, NULL, NULL, "CLIENT UNBLOCK %lld", g->reader_id);
 }
 
 static void
@@ -445,8 +516,8 @@ reader_state(struct redis_link *l, int up, void *arg)
 static void
 group_unblock(struct group *g, const struct sub *s)
 {
-	if (g->reading && g->read_uid == s->uid && g->reader_id > 0)
-		redis_cmd(B.cmd, NULL, NULL, "CLIENT UNBLOCK %lld", g->reader_id);
+	if (g->reading && g->read_uid == s->uid)
+		group_end_read(g);
 }
 
 /* ---- subscriptions ---- */
@@ -621,7 +692,7 @@ broker_release(struct group *g, const char *consumer, const char **ids, size_t n
 		argv[argc++] = why;
 		for (size_t i = 0; i < k; i++)
 			argv[argc++] = ids[off + i];
-		if (broker_script(release_done, p, 4, argc, argv, NULL) != 0)
+		if (broker_script(g->stream, release_done, p, 4, argc, argv, NULL) != 0)
 			release_done(NULL, p);
 	}
 	free(argv);
@@ -693,7 +764,8 @@ sub_close(struct sub *s, struct pending *p, const char *why)
 		pending_free(p);
 	}
 	if (s->ready)
-		redis_cmd(B.cmd, NULL, NULL, "HDEL %s %s", g->owners_key, s->consumer);
+		redis_cmd(stream_cmd(g->stream), NULL, NULL, "HDEL %s %s", g->owners_key,
+		    s->consumer);
 	group_unblock(g, s);
 	free(block);
 	free(ids);
@@ -837,8 +909,12 @@ read_done(redisReply *r, void *arg)
 	if (redis_reply_is_error(r)) {
 		log_warn("broker", 0, "%s/%s: read: %s", g->stream->name, g->name, r->str);
 		if (redis_reply_error_is(r, "NOGROUP"))
-			redis_cmd(B.cmd, NULL, NULL, "XGROUP CREATE %s %s 0 MKSTREAM",
+			redis_cmd(stream_cmd(g->stream), NULL, NULL, "XGROUP CREATE %s %s 0 MKSTREAM",
 			    g->stream->key, g->name);
+		else	/* MOVED, ASK, CLUSTERDOWN: the slot moves or has no master */
+			cluster_refresh_soon();
+		free(consumer);
+		return;		/* the next tick reads again: no loop of errors */
 	} else if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
 	    r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements >= 2 &&
 	    r->element[0]->element[1]->type == REDIS_REPLY_ARRAY) {
@@ -960,7 +1036,7 @@ group_sweep(struct group *g)
 	struct pending *p;
 	char min_idle[24], count[24], maxatt[24], now[24], scan[24];
 
-	if (g->sweeping || B.stopping || !redis_link_up(B.cmd))
+	if (g->sweeping || B.stopping || !redis_link_up(stream_cmd(g->stream)))
 		return;
 	for (struct sub *x = g->subs; x != NULL; x = x->group_next)
 		if (x->recovering && x->ready && sub_credit(x) > 0) {
@@ -989,7 +1065,7 @@ group_sweep(struct group *g)
 		    g->fails_key, "claim", g->name, s->consumer, min_idle, count, maxatt, now,
 		    s->recovering ? s->consumer : "", scan,
 		    s->recovering ? s->recover_from : g->claim_from[0] ? g->claim_from : "-" };
-		if (broker_script(claim_done, p, 4, 14, argv, NULL) != 0) {
+		if (broker_script(g->stream, claim_done, p, 4, 14, argv, NULL) != 0) {
 			pending_free(p);
 			return;
 		}
@@ -1162,6 +1238,8 @@ pub_replicated(redisReply *r, void *arg)
 #define BROKER_WAIT_BATCH 4096
 
 struct wait_batch {
+	struct wait_batch *next;
+	struct redis_link *link;	/* the durable link the pubs went on */
 	size_t          n;
 	long            replicas, timeout_ms;
 	struct pending *p[BROKER_WAIT_BATCH];
@@ -1177,41 +1255,51 @@ wait_done(redisReply *r, void *arg)
 	free(w);
 }
 
+/* One WAIT per durable link (per master on a cluster). */
 static void
 wait_flush(evutil_socket_t fd, short what, void *arg)
 {
-	struct wait_batch *w = B.wait_next;
+	struct wait_batch *w, *list = B.waits;
 
 	(void)fd;
 	(void)what;
 	(void)arg;
-	B.wait_next = NULL;
-	if (w == NULL)
-		return;
-	if (B.durable == NULL || redis_cmd(B.durable, wait_done, w, "WAIT %ld %ld",
-	    w->replicas, w->timeout_ms) != 0)
-		wait_done(NULL, w);	/* link gone: each is indeterminate */
+	B.waits = NULL;
+	while ((w = list) != NULL) {
+		list = w->next;
+		if (redis_cmd(w->link, wait_done, w, "WAIT %ld %ld", w->replicas,
+		    w->timeout_ms) != 0)
+			wait_done(NULL, w);	/* link gone: each is indeterminate */
+	}
 }
 
-/* p's entries were sent on the durable link: confirm them with the next
- * WAIT.  -1 when out of memory. */
+/* p's entries were sent on durable link l: confirm them with the next
+ * WAIT there.  -1 when out of memory. */
 static int
-wait_enqueue(struct pending *p)
+wait_enqueue(struct pending *p, struct redis_link *l)
 {
 	const struct stream_conf *sc = &p->stream->conf;
+	struct wait_batch *w = B.waits;
 
-	if (B.wait_next != NULL && B.wait_next->n == BROKER_WAIT_BATCH)
+	while (w != NULL && w->link != l)
+		w = w->next;
+	if (w != NULL && w->n == BROKER_WAIT_BATCH) {
 		wait_flush(-1, 0, NULL);
-	if (B.wait_next == NULL) {
-		if ((B.wait_next = calloc(1, sizeof(*B.wait_next))) == NULL)
+		w = NULL;
+	}
+	if (w == NULL) {
+		if ((w = calloc(1, sizeof(*w))) == NULL)
 			return -1;
+		w->link = l;
+		w->next = B.waits;
+		B.waits = w;
 		event_active(B.wait_ev, EV_TIMEOUT, 0);
 	}
-	if (sc->replicas > B.wait_next->replicas)
-		B.wait_next->replicas = sc->replicas;
-	if (sc->replicas_timeout_ms > B.wait_next->timeout_ms)
-		B.wait_next->timeout_ms = sc->replicas_timeout_ms;
-	B.wait_next->p[B.wait_next->n++] = p;
+	if (sc->replicas > w->replicas)
+		w->replicas = sc->replicas;
+	if (sc->replicas_timeout_ms > w->timeout_ms)
+		w->timeout_ms = sc->replicas_timeout_ms;
+	w->p[w->n++] = p;
 	return 0;
 }
 
@@ -1373,7 +1461,7 @@ static void
 broker_pub(struct conn *c, uint64_t seq, struct proto_request *req)
 {
 	struct stream *s = stream_get(req->stream);
-	struct redis_link *l = B.cmd;
+	struct redis_link *l;
 	redis_cb *cb = pub_done;
 	struct pending *p;
 	int rc;
@@ -1385,8 +1473,9 @@ broker_pub(struct conn *c, uint64_t seq, struct proto_request *req)
 	p->stream = s;
 	p->n = req->nmsgs;
 	p->batch = req->batch;
+	l = stream_cmd(s);
 	if (s->conf.replicas > 0) {
-		l = B.durable;
+		l = stream_durable(s);
 		cb = pub_stored;
 	}
 	if ((l == NULL || !redis_link_up(l)) && pub_park(c, seq, req) == 0) {
@@ -1405,7 +1494,7 @@ broker_pub(struct conn *c, uint64_t seq, struct proto_request *req)
 		rc = pub_send_xadd(l, cb, c, s, &req->msgs[0], p);
 	else
 		rc = pub_send_script(l, cb, c, s, req, p);
-	if (rc == 0 && cb == pub_stored && wait_enqueue(p) != 0 &&
+	if (rc == 0 && cb == pub_stored && wait_enqueue(p, l) != 0 &&
 	    redis_cmd(l, pub_replicated, p, "WAIT %ld %ld", s->conf.replicas,
 	    s->conf.replicas_timeout_ms) != 0)
 		log_err("broker", c->id, "%s: a replicas pub cannot be confirmed", s->name);
@@ -1421,9 +1510,9 @@ broker_own(struct group *g, const char *consumer, const char *from, redis_cb *cb
     void *arg)
 {
 	const char *argv[] = { g->stream->key, g->owners_key, "own", g->name, consumer,
-	    B.me, from, B.live_prefix };
+	    B.me, from, stream_live_prefix(g->stream) };
 
-	return broker_script(cb, arg, 2, 8, argv, NULL);
+	return broker_script(g->stream, cb, arg, 2, 8, argv, NULL);
 }
 
 static struct sub *
@@ -1478,7 +1567,8 @@ sub_created(redisReply *r, void *arg)
 			log_err("broker", p->conn_id, "cannot create a reader for %s", s->group->name);
 		group_sweep(s->group);
 	} else if (code == NULL)	/* unsubscribed or gone meanwhile: give the name back */
-		redis_cmd(B.cmd, NULL, NULL, "HDEL %s %s", p->group->owners_key, consumer);
+		redis_cmd(stream_cmd(p->group->stream), NULL, NULL, "HDEL %s %s",
+		    p->group->owners_key, consumer);
 	if ((c = pending_conn(p)) != NULL) {
 		if (code != NULL)
 			reply_error(c, p->seq, p->rid, code, msg);
@@ -1507,10 +1597,6 @@ broker_sub(struct conn *c, uint64_t seq, struct proto_request *req)
 		reply_error(c, seq, req->rid, "overloaded", "too many subscriptions on this connection");
 		return;
 	}
-	if (!redis_link_up(B.cmd)) {
-		reply_error(c, seq, req->rid, "unavailable", "Redis is not reachable");
-		return;
-	}
 	if (consumer == NULL) {
 		snprintf(defname, sizeof(defname), "%s-%llu", c->name[0] ? c->name : "client",
 		    (unsigned long long)c->id);
@@ -1518,6 +1604,10 @@ broker_sub(struct conn *c, uint64_t seq, struct proto_request *req)
 	}
 	if ((st = stream_get(req->stream)) == NULL || (g = group_get(st, req->group)) == NULL) {
 		reply_error(c, seq, req->rid, "overloaded", "out of memory");
+		return;
+	}
+	if (!redis_link_up(stream_cmd(st))) {
+		reply_error(c, seq, req->rid, "unavailable", "Redis is not reachable");
 		return;
 	}
 	if (group_consumer_live(g, consumer)) {
@@ -1631,10 +1721,10 @@ sub_kick(struct sub *s)
 	sub_can_take(s);
 }
 
-/* HEAD... IDS... TAIL... on the command link. */
+/* HEAD... IDS... TAIL... on link l. */
 static int
-broker_cmd_ids(redis_cb *cb, void *arg, const char **head, int nhead, const char **ids,
-    size_t n, const char **tail, int ntail)
+broker_cmd_ids(struct redis_link *l, redis_cb *cb, void *arg, const char **head, int nhead,
+    const char **ids, size_t n, const char **tail, int ntail)
 {
 	const char **argv = malloc((n + (size_t)nhead + (size_t)ntail) * sizeof(*argv));
 	int argc = 0, rc;
@@ -1647,7 +1737,7 @@ broker_cmd_ids(redis_cb *cb, void *arg, const char **head, int nhead, const char
 		argv[argc++] = ids[i];
 	for (int i = 0; i < ntail; i++)
 		argv[argc++] = tail[i];
-	rc = redis_cmd_argv(B.cmd, cb, arg, argc, argv, NULL);
+	rc = redis_cmd_argv(l, cb, arg, argc, argv, NULL);
 	free(argv);
 	return rc;
 }
@@ -1723,7 +1813,7 @@ broker_nack(struct conn *c, struct sub *s, struct pending *p, struct proto_reque
 		argv[argc++] = now;
 		for (size_t i = 0; i < req->nids; i++)
 			argv[argc++] = req->ids[i];
-		if (broker_script(dead_done, p, 4, argc, argv, NULL) != 0)
+		if (broker_script(st, dead_done, p, 4, argc, argv, NULL) != 0)
 			dead_done(NULL, p);
 		free(argv);
 	} else {
@@ -1748,6 +1838,7 @@ broker_sub_op(struct conn *c, uint64_t seq, struct proto_request *req)
 	struct sub *s = conn_sub(c, req->sub);
 	struct pending *p;
 	static const char *justid[] = { "JUSTID" };
+	struct redis_link *l = s != NULL ? stream_cmd(s->group->stream) : NULL;
 	size_t nlog;
 	const char *xack[] = { "XACK", s ? s->group->stream->key : "", s ? s->group->name : "" };
 	const char *hdel[] = { "HDEL", s ? s->group->fails_key : "" };
@@ -1768,7 +1859,7 @@ broker_sub_op(struct conn *c, uint64_t seq, struct proto_request *req)
 		sub_close(s, p, "unsub");
 		return;
 	}
-	if (!redis_link_up(B.cmd)) {
+	if (!redis_link_up(l)) {
 		pending_error(p, "unavailable", "Redis is not reachable");
 		pending_free(p);
 		return;
@@ -1776,15 +1867,15 @@ broker_sub_op(struct conn *c, uint64_t seq, struct proto_request *req)
 	switch (req->op) {
 	case OP_ACK:
 		nlog = sub_forget(s, req->ids, req->nids);
-		if (broker_cmd_ids(ack_done, p, xack, 3, req->ids, req->nids, NULL, 0) != 0)
+		if (broker_cmd_ids(l, ack_done, p, xack, 3, req->ids, req->nids, NULL, 0) != 0)
 			ack_done(NULL, p);
 		else if (nlog > 0)	/* acknowledged entries need no failure log */
-			broker_cmd_ids(NULL, NULL, hdel, 2, req->ids, nlog, NULL, 0);
+			broker_cmd_ids(l, NULL, NULL, hdel, 2, req->ids, nlog, NULL, 0);
 		sub_kick(s);
 		break;
 	case OP_TOUCH:
 		sub_touch(s, req->ids, req->nids);
-		if (broker_cmd_ids(touch_done, p, xclaim, 5, req->ids, req->nids, justid, 1) != 0)
+		if (broker_cmd_ids(l, touch_done, p, xclaim, 5, req->ids, req->nids, justid, 1) != 0)
 			touch_done(NULL, p);
 		break;
 	case OP_NACK:
@@ -1917,7 +2008,8 @@ stats_query(struct pending *p, const char *name)
 		}
 		*sp = (struct stats_part){ p, entry, stream_find(name), f };
 		p->waiting++;
-		if (redis_cmd_argv(B.cmd, stats_done, sp, argcs[f], cmds[f], NULL) != 0) {
+		if (redis_cmd_argv(broker_link_for(key), stats_done, sp, argcs[f], cmds[f],
+		    NULL) != 0) {
 			p->waiting--;
 			free(sp);
 			rc = -1;
@@ -1941,7 +2033,7 @@ broker_stats(struct conn *c, uint64_t seq, struct proto_request *req)
 		reply_error(c, seq, req->rid, "overloaded", "out of memory");
 		return;
 	}
-	if (!redis_link_up(B.cmd)) {
+	if (!broker_redis_up()) {
 		pending_error(p, "unavailable", "Redis is not reachable");
 		pending_free(p);
 		return;
@@ -1972,7 +2064,7 @@ broker_poll_gauges(void)
 {
 	for (struct stream *s = B.streams; s != NULL; s = s->next)
 		if (s->groups != NULL)
-			redis_cmd(B.cmd, gauges_done, s, "XINFO GROUPS %s", s->key);
+			redis_cmd(stream_cmd(s), gauges_done, s, "XINFO GROUPS %s", s->key);
 }
 
 /* ---- retention ---- */
@@ -2014,7 +2106,7 @@ broker_retain(void)
 		const char *argv[] = { s->key, "retain", "-", maxlen,
 		    s->conf.maxlen_hard ? "1" : "0" };
 		snprintf(maxlen, sizeof(maxlen), "%ld", s->conf.maxlen);
-		broker_script(retain_done, s, 1, 5, argv, NULL);
+		broker_script(s, retain_done, s, 1, 5, argv, NULL);
 	}
 }
 
@@ -2049,33 +2141,59 @@ group_reap(struct group *g, int grace_over)
 	argv[argc++] = "reap";
 	argv[argc++] = g->name;
 	argv[argc++] = B.me;
-	argv[argc++] = B.live_prefix;
+	argv[argc++] = stream_live_prefix(g->stream);
 	argv[argc++] = grace_over ? "1" : "0";
 	argv[argc++] = idle;
 	for (struct sub *x = g->subs; x != NULL; x = x->group_next)
 		argv[argc++] = x->consumer;
-	broker_script(reap_done, g, 2, argc, argv, NULL);
+	broker_script(g->stream, reap_done, g, 2, argc, argv, NULL);
 	free(argv);
 }
 
-/* Our liveness record, then the consumers of daemons without one. */
+/* Our liveness record: one key, or on a cluster one in the slot of each
+ * stream (the scripts that read it touch only that slot) whose master is
+ * l (every stream: l NULL). */
+static void
+broker_live_set(struct redis_link *l)
+{
+	if (!cluster_enabled()) {
+		redis_cmd(B.cmd, NULL, NULL, "SET %s%s %d PX %d", B.live_prefix, B.me,
+		    (int)getpid(), BROKER_LIVE_TTL_MS);
+		return;
+	}
+	for (struct stream *s = B.streams; s != NULL; s = s->next)
+		if (l == NULL || stream_cmd(s) == l)
+			redis_cmd(stream_cmd(s), NULL, NULL, "SET %s%s %d PX %d", s->live_prefix,
+			    B.me, (int)getpid(), BROKER_LIVE_TTL_MS);
+}
+
+/* Our liveness records, then the consumers of daemons without one. */
 static void
 broker_live(uint64_t now)
 {
 	int grace_over = now - B.start_ns > BROKER_GRACE_MS * 1000000ull;
 
-	redis_cmd(B.cmd, NULL, NULL, "SET %s %d PX %d", B.live_key, (int)getpid(),
-	    BROKER_LIVE_TTL_MS);
+	broker_live_set(NULL);
 	for (struct stream *s = B.streams; s != NULL; s = s->next)
 		for (struct group *g = s->groups; g != NULL; g = g->next)
 			group_reap(g, grace_over);
 }
 
+static void
+broker_live_del(struct redis_link *l, const char *prefix)
+{
+	redis_cmd(l, NULL, NULL, "DEL %s%s", prefix, B.me);
+}
+
 void
 broker_goodbye(void)
 {
-	if (B.cmd != NULL && B.live_key != NULL)
-		redis_cmd(B.cmd, NULL, NULL, "DEL %s", B.live_key);
+	if (!cluster_enabled()) {
+		broker_live_del(B.cmd, B.live_prefix);
+		return;
+	}
+	for (struct stream *s = B.streams; s != NULL; s = s->next)
+		broker_live_del(stream_cmd(s), s->live_prefix);
 }
 
 /* ---- dead letters: list and replay ---- */
@@ -2200,6 +2318,7 @@ broker_dead_letters(struct conn *c, uint64_t seq, struct proto_request *req)
 	char count[24], limit[24], now[24];
 	char *key = broker_key(req->stream, ""), *dlq_key = broker_key(req->stream, ":dlq");
 	struct { const char *key, *dlq_key; } keys = { key, dlq_key }, *st = &keys;
+	struct redis_link *l = key != NULL ? broker_link_for(key) : NULL;
 	int rc;
 
 	if (key == NULL || dlq_key == NULL || (p = pending_new(c, seq, req->rid)) == NULL) {
@@ -2210,7 +2329,7 @@ broker_dead_letters(struct conn *c, uint64_t seq, struct proto_request *req)
 	}
 	p->result = json_string(req->stream);
 	p->n = (size_t)req->count;
-	if (!redis_link_up(B.cmd)) {
+	if (!redis_link_up(l)) {
 		pending_error(p, "unavailable", "Redis is not reachable");
 		pending_free(p);
 		free(key);
@@ -2221,7 +2340,7 @@ broker_dead_letters(struct conn *c, uint64_t seq, struct proto_request *req)
 		const char *argv[] = { "XREVRANGE", st->key, "+", "-", "COUNT", count };
 		snprintf(count, sizeof(count), "%ld", req->last);
 		p->listing = 2;
-		rc = redis_cmd_argv(B.cmd, dlq_done, p, 6, argv, NULL);
+		rc = redis_cmd_argv(l, dlq_done, p, 6, argv, NULL);
 	} else if (req->op == OP_DLQ || req->op == OP_RANGE) {
 		/* from: the "next" of the page before; entries after it */
 		char from[64];
@@ -2230,7 +2349,7 @@ broker_dead_letters(struct conn *c, uint64_t seq, struct proto_request *req)
 		snprintf(from, sizeof(from), "%s%s", req->from ? "(" : "", req->from ? req->from : "-");
 		snprintf(count, sizeof(count), "%ld", req->count);
 		p->listing = req->op == OP_RANGE;
-		rc = redis_cmd_argv(B.cmd, dlq_done, p, 6, argv, NULL);
+		rc = redis_cmd_argv(l, dlq_done, p, 6, argv, NULL);
 	} else {
 		const char *head[] = { "EVALSHA", B.sha, "2", st->key, st->dlq_key, "replay", "-",
 		    now, req->all ? "1" : "0", limit };
@@ -2240,7 +2359,7 @@ broker_dead_letters(struct conn *c, uint64_t seq, struct proto_request *req)
 			head[0] = "EVAL";
 			head[1] = broker_lua;
 		}
-		rc = broker_cmd_ids(replay_done, p, head, 10, req->ids, req->nids, NULL, 0);
+		rc = broker_cmd_ids(l, replay_done, p, head, 10, req->ids, req->nids, NULL, 0);
 	}
 	if (rc != 0) {
 		pending_error(p, "unavailable", "Redis is not reachable");
@@ -2328,18 +2447,19 @@ static void
 cmd_state(struct redis_link *l, int up, void *arg)
 {
 	(void)arg;
-	metrics.redis_up = up;
+	metrics.redis_up = broker_redis_up();
 	if (!up) {
 		B.sha[0] = '\0';
 		return;
 	}
-	redis_cmd(l, broker_script_loaded, NULL, "SCRIPT LOAD %s", broker_lua);
+	/* First on the connection, so every EVALSHA after it finds the script. */
+	broker_load_script(l, NULL);
 	pub_unpark(UNPARK_SEND);
-	redis_cmd(l, NULL, NULL, "SET %s %d PX %d", B.live_key, (int)getpid(), BROKER_LIVE_TTL_MS);
+	broker_live_set(l);
 	/* Groups may have vanished with the data: recreate, then resume. */
 	for (struct stream *s = B.streams; s != NULL; s = s->next)
 		for (struct group *g = s->groups; g != NULL; g = g->next) {
-			if (g->nsubs == 0)
+			if (g->nsubs == 0 || stream_cmd(s) != l)
 				continue;
 			for (struct sub *x = g->subs; x != NULL; x = x->group_next) {
 				broker_own(g, x->consumer, "0", NULL, NULL);
@@ -2381,6 +2501,7 @@ broker_tick(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	(void)arg;
 	metrics.redis_links = (uint64_t)redis_link_count();
+	metrics.redis_up = broker_redis_up();
 	pub_unpark(UNPARK_EXPIRED);
 	for (struct stream *s = B.streams; s != NULL; s = s->next)
 		for (struct group *g = s->groups; g != NULL; g = g->next) {
@@ -2395,17 +2516,38 @@ broker_tick(evutil_socket_t fd, short what, void *arg)
 		B.last_poll_ns = now;
 		broker_poll_gauges();
 	}
-	if (now - B.last_live_ns >= BROKER_LIVE_MS * 1000000ull && !B.stopping &&
-	    redis_link_up(B.cmd)) {
+	/* Commands for a master that is down are not sent: no test first. */
+	if (now - B.last_live_ns >= BROKER_LIVE_MS * 1000000ull && !B.stopping) {
 		B.last_live_ns = now;
 		broker_live(now);
 	}
-	if (now - B.last_retain_ns >= BROKER_RETAIN_MS * 1000000ull && !B.stopping &&
-	    redis_link_up(B.cmd)) {
+	if (now - B.last_retain_ns >= BROKER_RETAIN_MS * 1000000ull && !B.stopping) {
 		B.last_retain_ns = now;
 		broker_retain();
 	}
 }
+
+/* Slots moved (failover, resharding): readers follow their stream's
+ * master, and pubs parked for want of a master may go now. */
+static void
+broker_map_changed(void)
+{
+	char host[256];
+	int port;
+
+	for (struct stream *s = B.streams; s != NULL; s = s->next)
+		for (struct group *g = s->groups; g != NULL; g = g->next)
+			if (g->reader != NULL && cluster_slot_addr(s->slot, host, sizeof(host),
+			    &port) == 0)
+				redis_link_set_addr(g->reader, host, port);
+	pub_unpark(UNPARK_SEND);
+}
+
+static void durable_state(struct redis_link *l, int up, void *arg);
+
+static const struct cluster_hooks broker_cluster_hooks = {
+	cmd_state, durable_state, broker_map_changed
+};
 
 int
 broker_init(struct event_base *base, const struct config *cfg)
@@ -2425,21 +2567,26 @@ broker_init(struct event_base *base, const struct config *cfg)
 		gethostname(host, sizeof(host) - 1);
 		snprintf(B.me, sizeof(B.me), "%s/%s", host, cfg->listen);
 	}
-	B.live_prefix = broker_key("daemon:", "");
-	if (B.live_prefix == NULL || asprintf(&B.live_key, "%s%s", B.live_prefix, B.me) < 0)
+	if (asprintf(&B.live_prefix, "%sdaemon:", cfg->prefix) < 0) {
+		B.live_prefix = NULL;
 		return -1;
-	B.cmd = redis_link_new(base, "command", cmd_state, NULL);
+	}
+	/* Before any stream: the key names depend on it. */
+	if (cfg->cluster != NULL && cluster_start(base, cfg, &broker_cluster_hooks) != 0)
+		return -1;
+	if (!cluster_enabled() &&
+	    (B.cmd = redis_link_new(base, "command", cmd_state, NULL)) == NULL)
+		return -1;
 	B.tick = event_new(base, -1, EV_PERSIST, broker_tick, NULL);
 	B.wait_ev = event_new(base, -1, 0, wait_flush, NULL);
-	if (B.wait_ev == NULL)
-		return -1;
-	if (B.cmd == NULL || B.tick == NULL || event_add(B.tick, &tv) != 0)
+	if (B.wait_ev == NULL || B.tick == NULL || event_add(B.tick, &tv) != 0)
 		return -1;
 	/* Declared streams exist from the start (stats, metrics). */
 	for (const struct stream_conf *sc = cfg->streams; sc != NULL; sc = sc->next)
 		stream_get(sc->name);
 	broker_ensure_durable(cfg);
-	redis_link_start(B.cmd);
+	if (B.cmd != NULL)
+		redis_link_start(B.cmd);
 	return 0;
 }
 
@@ -2461,7 +2608,9 @@ broker_ensure_durable(const struct config *cfg)
 
 	for (const struct stream_conf *sc = cfg->streams; sc != NULL && !need; sc = sc->next)
 		need = sc->replicas > 0;
-	if (need && B.durable == NULL &&
+	if (need && cluster_enabled())
+		cluster_want_durable();
+	else if (need && B.durable == NULL &&
 	    (B.durable = redis_link_new(B.base, "durable", durable_state, NULL)) != NULL)
 		redis_link_start(B.durable);
 }
@@ -2482,7 +2631,7 @@ broker_reconfigure(const struct config *cfg)
 int
 broker_redis_up(void)
 {
-	return B.cmd != NULL && redis_link_up(B.cmd);
+	return cluster_enabled() ? cluster_up() : redis_link_up(B.cmd);
 }
 
 /* Running reads are ended (CLIENT UNBLOCK), not cut: entries Redis is
@@ -2496,7 +2645,7 @@ broker_stop_delivering(void)
 	for (struct stream *s = B.streams; s != NULL; s = s->next)
 		for (struct group *g = s->groups; g != NULL; g = g->next) {
 			if (g->reading && g->reader_id > 0)
-				redis_cmd(B.cmd, NULL, NULL, "CLIENT UNBLOCK %lld", g->reader_id);
+				group_end_read(g);
 			else
 				group_drop_reader(g);
 		}
@@ -2509,8 +2658,8 @@ broker_idle(void)
 		for (struct group *g = s->groups; g != NULL; g = g->next)
 			if (g->reading)
 				return 0;
-	return (B.cmd == NULL || redis_link_inflight(B.cmd) == 0) &&
-	    (B.durable == NULL || redis_link_inflight(B.durable) == 0);
+	return redis_link_inflight(B.cmd) == 0 && redis_link_inflight(B.durable) == 0 &&
+	    cluster_inflight() == 0;
 }
 
 void
@@ -2531,6 +2680,7 @@ broker_free(void)
 	redis_link_free(B.cmd);
 	redis_link_free(B.durable);
 	B.cmd = B.durable = NULL;
+	cluster_stop();
 	for (s = B.streams; s != NULL; s = sn) {
 		sn = s->next;
 		for (g = s->groups; g != NULL; g = gn) {
@@ -2545,13 +2695,13 @@ broker_free(void)
 		free(s->name);
 		free(s->key);
 		free(s->dlq_key);
+		free(s->live_prefix);
 		free(s);
 	}
 	idmap_free(&B.subs);
 	while (pending_ncached > 0)
 		free(pending_cache[--pending_ncached]);
 	free(B.live_prefix);
-	free(B.live_key);
 	if (B.scratch != NULL)
 		evbuffer_free(B.scratch);
 	if (B.foreign != NULL)

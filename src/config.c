@@ -49,6 +49,7 @@ static const struct config_key config_keys[] = {
 	{ "redis", "pub_wait_ms", KEY_LONG, S(pub_wait_ms), 0, 600000 },
 	{ "redis", "sentinels", KEY_STRING, S(sentinels), 0, 0 },
 	{ "redis", "master_name", KEY_STRING, S(master_name), 0, 0 },
+	{ "redis", "cluster", KEY_STRING, S(cluster), 0, 0 },
 	{ "stream", "ack_timeout_ms", KEY_LONG, T(ack_timeout_ms), 100, 86400000 },
 	{ "stream", "max_attempts", KEY_LONG, T(max_attempts), 1, 1000 },
 	{ "stream", "retry_delay_ms", KEY_LONG, T(retry_delay_ms), 0, 86400000 },
@@ -549,10 +550,6 @@ config_handler(void *user, const char *section, const char *name, const char *va
 	int in_stream = p->stream != NULL;
 
 	(void)section;	/* libinih's copy is cut at 50 bytes; ours is whole */
-	if (strcmp(sec, "redis") == 0 && strcmp(name, "cluster") == 0) {
-		config_fail(p, "redis.cluster: Redis Cluster is not supported by this version");
-		return 1;
-	}
 	if (sec[0] == '\0') {
 		config_fail(p, "\"%s\" outside of a section", name);
 		return 1;
@@ -600,6 +597,68 @@ config_finish(struct config *cfg)
 	}
 }
 
+int
+config_parse_hostlist(const char *list, struct config_hostport *out, int max)
+{
+	const char *p = list;
+	int n = 0;
+
+	while (*p != '\0') {
+		size_t len = strcspn(p, ", ");
+		char one[300];
+		if (len > 0) {
+			if (n == max || len >= sizeof(one))
+				return -1;
+			memcpy(one, p, len);
+			one[len] = '\0';
+			if (config_split_hostport(one, out[n].host, sizeof(out[n].host),
+			    &out[n].port) != 0)
+				return -1;
+			n++;
+		}
+		p += len + (p[len] != '\0');
+	}
+	return n > 0 ? n : -1;
+}
+
+/* The [redis] keys that only make sense together. */
+static int
+config_check_redis(const struct config *cfg, const char *name, char *err, size_t errlen)
+{
+	struct config_hostport hp[CONFIG_MAX_HOSTS];
+
+	if ((cfg->sentinels == NULL) != (cfg->master_name == NULL)) {
+		snprintf(err, errlen, "%s: redis.sentinels and redis.master_name go together", name);
+		return -1;
+	}
+	if (cfg->sentinels != NULL && config_parse_hostlist(cfg->sentinels, hp, CONFIG_MAX_HOSTS) < 0) {
+		snprintf(err, errlen, "%s: redis.sentinels: want host:port,host:port (at most %d)",
+		    name, CONFIG_MAX_HOSTS);
+		return -1;
+	}
+	if (cfg->cluster == NULL)
+		return 0;
+	if (cfg->sentinels != NULL) {
+		snprintf(err, errlen, "%s: redis.cluster and redis.sentinels exclude each other", name);
+		return -1;
+	}
+	if (config_parse_hostlist(cfg->cluster, hp, CONFIG_MAX_HOSTS) < 0) {
+		snprintf(err, errlen, "%s: redis.cluster: want host:port,host:port (at most %d)",
+		    name, CONFIG_MAX_HOSTS);
+		return -1;
+	}
+	if (cfg->redis.db != 0) {
+		snprintf(err, errlen, "%s: redis.cluster: a Redis Cluster has only db 0", name);
+		return -1;
+	}
+	/* The hash tag is the stream name: a brace in the prefix would move it. */
+	if (cfg->prefix != NULL && strpbrk(cfg->prefix, "{}") != NULL) {
+		snprintf(err, errlen, "%s: redis.cluster: redis.prefix must not contain { or }", name);
+		return -1;
+	}
+	return 0;
+}
+
 static int
 config_parse(struct config *cfg, struct config_parse *p, const char *name,
     char *err, size_t errlen)
@@ -620,10 +679,8 @@ config_parse(struct config *cfg, struct config_parse *p, const char *name,
 		snprintf(err, errlen, "%s:%d: %s", name, p->err_line, p->err);
 		return -1;
 	}
-	if ((cfg->sentinels == NULL) != (cfg->master_name == NULL)) {
-		snprintf(err, errlen, "%s: redis.sentinels and redis.master_name go together", name);
+	if (config_check_redis(cfg, name, err, errlen) != 0)
 		return -1;
-	}
 	config_finish(cfg);
 	return 0;
 }
@@ -686,5 +743,9 @@ config_set_redis_url(struct config *cfg, const char *url, char *err, size_t errl
 {
 	if (config_parse_redis_url(url, &cfg->redis, err, errlen) != 0)
 		return -1;
+	if (cfg->cluster != NULL && cfg->redis.db != 0) {
+		snprintf(err, errlen, "%s: a Redis Cluster has only db 0", url);
+		return -1;
+	}
 	return config_set_string(&cfg->redis_url_text, url);
 }

@@ -186,14 +186,16 @@ main_reload(void)
 	if (strcmp(ncfg->listen, old->listen) != 0 ||
 	    strcmp(ncfg->redis_url_text, old->redis_url_text) != 0 ||
 	    strcmp(ncfg->prefix, old->prefix) != 0 ||
+	    !util_streq(ncfg->cluster, old->cluster) ||
+	    !util_streq(ncfg->sentinels, old->sentinels) ||
 	    ncfg->connect_timeout_ms != old->connect_timeout_ms ||
 	    (ncfg->unix_socket == NULL) != (old->unix_socket == NULL) ||
 	    (ncfg->unix_socket && strcmp(ncfg->unix_socket, old->unix_socket) != 0) ||
 	    (ncfg->metrics_listen == NULL) != (old->metrics_listen == NULL) ||
 	    (ncfg->metrics_listen && strcmp(ncfg->metrics_listen, old->metrics_listen) != 0))
 		log_warn("main", 0, "reload: listen, unix_socket, metrics.listen, redis.url, "
-		    "redis.prefix and connect_timeout_ms change only on restart; keeping the "
-		    "running values");
+		    "redis.prefix, redis.cluster, redis.sentinels and connect_timeout_ms change "
+		    "only on restart; keeping the running values");
 	free(ncfg->prefix);
 	ncfg->prefix = strdup(old->prefix);
 	if (ncfg->prefix == NULL) {

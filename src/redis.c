@@ -19,6 +19,7 @@
 
 #define REDIS_BACKOFF_MIN_MS 100
 #define REDIS_BACKOFF_MAX_MS 5000
+#define REDIS_MAX_HOPS       5	/* MOVED/ASK redirections of one command */
 
 struct redis_link {
 	struct redis_link *next;	/* every link, for a switch of master */
@@ -31,12 +32,18 @@ struct redis_link {
 	struct event      *timer;	/* reconnect or connect timeout */
 	redis_state_cb    *on_state;
 	void              *arg;
+	char               host[256];	/* own address; "" = the shared one */
+	int                port;
+	redis_redirect_cb *redirect;	/* cluster: where MOVED/ASK lead */
 };
 
 struct redis_call {
 	struct redis_link *link;
 	redis_cb          *cb;
 	void              *arg;
+	char              *cmd;		/* kept for a redirection, or NULL */
+	size_t             cmd_len;
+	int                hops;
 };
 
 static struct redis_settings {
@@ -65,6 +72,9 @@ redis_call_new(struct redis_link *l, redis_cb *cb, void *arg)
 		call->link = l;
 		call->cb = cb;
 		call->arg = arg;
+		call->cmd = NULL;
+		call->cmd_len = 0;
+		call->hops = 0;
 	}
 	return call;
 }
@@ -72,6 +82,7 @@ redis_call_new(struct redis_link *l, redis_cb *cb, void *arg)
 static void
 redis_call_free(struct redis_call *call)
 {
+	redisFreeCommand(call->cmd);
 	if (redis_ncached < REDIS_CALL_CACHE)
 		redis_call_cache[redis_ncached++] = call;
 	else
@@ -81,12 +92,26 @@ redis_call_free(struct redis_call *call)
 static void redis_schedule(struct redis_link *l, long ms);
 static void redis_lost(struct redis_link *l, const char *why);
 
+/* Where l connects: its own address, else the shared one. */
+static const char *
+redis_host(const struct redis_link *l)
+{
+	return l->host[0] != '\0' ? l->host : redis_settings.host;
+}
+
+static int
+redis_port(const struct redis_link *l)
+{
+	return l->host[0] != '\0' ? l->port : redis_settings.port;
+}
+
 void
 redis_configure(const struct config *cfg)
 {
-	/* With Sentinel the master is unknown until a sentinel names it. */
+	/* With Sentinel the master is unknown until a sentinel names it; on a
+	 * cluster each link gets its node's address. */
 	snprintf(redis_settings.host, sizeof(redis_settings.host), "%s",
-	    cfg->sentinels != NULL ? "" : cfg->redis.host);
+	    cfg->sentinels != NULL || cfg->cluster != NULL ? "" : cfg->redis.host);
 	redis_settings.port = cfg->redis.port;
 	free(redis_settings.user);
 	free(redis_settings.password);
@@ -139,6 +164,8 @@ redis_set_state(struct redis_link *l, enum redis_state st)
 		l->on_state(l, st == REDIS_UP, l->arg);
 }
 
+static int redis_follow(struct redis_call *call, const redisReply *r);
+
 static void
 redis_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 {
@@ -147,25 +174,57 @@ redis_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 	(void)ac;
 	call->link->inflight--;
 	metrics.redis_inflight--;
+	if (call->cmd != NULL && redis_follow(call, r) == 0)
+		return;		/* sent on to the node that has the slot */
 	if (call->cb != NULL)
 		call->cb(r, call->arg);
 	redis_call_free(call);
 }
 
+/* Queue a formatted command on l; the call is answered through
+ * redis_reply_cb. */
+static int
+redis_send_formatted(struct redis_link *l, struct redis_call *call, const char *cmd,
+    size_t len)
+{
+	if (redisAsyncFormattedCommand(l->ac, redis_reply_cb, call, cmd, len) != REDIS_OK)
+		return -1;
+	call->link = l;
+	l->inflight++;
+	metrics.redis_inflight++;
+	return 0;
+}
+
+/* A link that follows redirections keeps each command it sends. */
 static int
 redis_send(struct redis_link *l, redis_cb *cb, void *arg, int argc,
     const char **argv, const size_t *argvlen)
 {
 	struct redis_call *call;
+	char *cmd = NULL;
+	int len;
 
 	if (l->ac == NULL || (call = redis_call_new(l, cb, arg)) == NULL)
 		return -1;
-	if (redisAsyncCommandArgv(l->ac, redis_reply_cb, call, argc, argv, argvlen) != REDIS_OK) {
+	if (l->redirect == NULL) {
+		if (redisAsyncCommandArgv(l->ac, redis_reply_cb, call, argc, argv, argvlen) != REDIS_OK) {
+			redis_call_free(call);
+			return -1;
+		}
+		l->inflight++;
+		metrics.redis_inflight++;
+		return 0;
+	}
+	if ((len = redisFormatCommandArgv(&cmd, argc, argv, argvlen)) < 0) {
 		redis_call_free(call);
 		return -1;
 	}
-	l->inflight++;
-	metrics.redis_inflight++;
+	call->cmd = cmd;
+	call->cmd_len = (size_t)len;
+	if (redis_send_formatted(l, call, cmd, (size_t)len) != 0) {
+		redis_call_free(call);
+		return -1;
+	}
 	return 0;
 }
 
@@ -173,7 +232,7 @@ int
 redis_cmd_argv(struct redis_link *l, redis_cb *cb, void *arg, int argc,
     const char **argv, const size_t *argvlen)
 {
-	if (l->state != REDIS_UP)
+	if (l == NULL || l->state != REDIS_UP)
 		return -1;
 	return redis_send(l, cb, arg, argc, argv, argvlen);
 }
@@ -182,21 +241,93 @@ int
 redis_cmd(struct redis_link *l, redis_cb *cb, void *arg, const char *fmt, ...)
 {
 	struct redis_call *call;
+	char *cmd = NULL;
 	va_list ap;
-	int rc;
+	int len;
 
-	if (l->state != REDIS_UP || (call = redis_call_new(l, cb, arg)) == NULL)
+	if (l == NULL || l->state != REDIS_UP || (call = redis_call_new(l, cb, arg)) == NULL)
 		return -1;
 	va_start(ap, fmt);
-	rc = redisvAsyncCommand(l->ac, redis_reply_cb, call, fmt, ap);
+	len = redisvFormatCommand(&cmd, fmt, ap);
 	va_end(ap);
-	if (rc != REDIS_OK) {
+	if (len < 0) {
 		redis_call_free(call);
 		return -1;
 	}
-	l->inflight++;
-	metrics.redis_inflight++;
+	if (l->redirect != NULL) {
+		call->cmd = cmd;
+		call->cmd_len = (size_t)len;
+	}
+	if (redis_send_formatted(l, call, cmd, (size_t)len) != 0) {
+		if (call->cmd == NULL)
+			redisFreeCommand(cmd);
+		redis_call_free(call);
+		return -1;
+	}
+	if (call->cmd == NULL)
+		redisFreeCommand(cmd);	/* hiredis copied it */
 	return 0;
+}
+
+/* "MOVED 3999 127.0.0.1:6381" or "ASK 3999 127.0.0.1:6381": the slot and
+ * the node that serves it. */
+static int
+redis_parse_redirect(const redisReply *r, int *ask, int *slot, char *host,
+    size_t hostlen, int *port)
+{
+	const char *p, *colon;
+	char *end;
+	long n;
+
+	if (redis_reply_error_is(r, "MOVED "))
+		*ask = 0;
+	else if (redis_reply_error_is(r, "ASK "))
+		*ask = 1;
+	else
+		return -1;
+	p = strchr(r->str, ' ') + 1;
+	n = strtol(p, &end, 10);
+	if (end == p || *end != ' ' || n < 0 || n > 16383)
+		return -1;
+	*slot = (int)n;
+	p = end + 1;
+	if ((colon = strrchr(p, ':')) == NULL || (size_t)(colon - p) >= hostlen)
+		return -1;
+	memcpy(host, p, (size_t)(colon - p));
+	host[colon - p] = '\0';
+	n = strtol(colon + 1, &end, 10);
+	if (*end != '\0' || n <= 0 || n > 65535)
+		return -1;
+	*port = (int)n;
+	return 0;
+}
+
+/* Send a command that was answered MOVED or ASK to the node named; 0 when
+ * it went (the caller hears the final answer), -1 to answer the error. */
+static int
+redis_follow(struct redis_call *call, const redisReply *r)
+{
+	static const char asking[] = "*1\r\n$6\r\nASKING\r\n";
+	struct redis_link *from = call->link, *to;
+	char host[256];
+	int ask, slot, port;
+
+	if (r == NULL || r->type != REDIS_REPLY_ERROR || call->hops >= REDIS_MAX_HOPS ||
+	    from->redirect == NULL ||
+	    redis_parse_redirect(r, &ask, &slot, host, sizeof(host), &port) != 0)
+		return -1;
+	to = from->redirect(from, slot, host, port, ask);
+	if (to == NULL || to->state != REDIS_UP)
+		return -1;
+	/* ASKING holds for the next command on that connection only. */
+	if (ask && redisAsyncFormattedCommand(to->ac, NULL, NULL, asking,
+	    sizeof(asking) - 1) != REDIS_OK)
+		return -1;
+	call->hops++;
+	metrics.redis_redirects++;
+	log_debug("redis", 0, "%s: %s slot %d to %s:%d", from->name, ask ? "ASK" : "MOVED",
+	    slot, host, port);
+	return redis_send_formatted(to, call, call->cmd, call->cmd_len);
 }
 
 /* The handshake's last reply: PING answered means the server serves. */
@@ -213,8 +344,7 @@ redis_handshake_done(redisReply *r, void *arg)
 	}
 	event_del(l->timer);
 	l->failures = 0;
-	log_info("redis", 0, "%s: connected to %s:%d", l->name, redis_settings.host,
-	    redis_settings.port);
+	log_info("redis", 0, "%s: connected to %s:%d", l->name, redis_host(l), redis_port(l));
 	redis_set_state(l, REDIS_UP);
 }
 
@@ -356,12 +486,13 @@ redis_link_start(struct redis_link *l)
 {
 	redisAsyncContext *ac;
 
-	if (l->state != REDIS_DOWN || redis_settings.host[0] == '\0')
+	if (l->state != REDIS_DOWN || redis_host(l)[0] == '\0')
 		return;		/* or waiting for Sentinel: redis_set_master starts it */
 	if (l->failures > 0)
 		metrics.redis_reconnects++;
-	log_debug("redis", 0, "%s: connecting (attempt %d)", l->name, l->failures + 1);
-	ac = redisAsyncConnect(redis_settings.host, redis_settings.port);
+	log_debug("redis", 0, "%s: connecting to %s:%d (attempt %d)", l->name, redis_host(l),
+	    redis_port(l), l->failures + 1);
+	ac = redisAsyncConnect(redis_host(l), redis_port(l));
 	if (ac == NULL || ac->err) {
 		log_warn("redis", 0, "%s: connect: %s", l->name, ac ? ac->errstr : "out of memory");
 		if (ac != NULL)
@@ -383,6 +514,45 @@ void
 redis_link_reset(struct redis_link *l, const char *why)
 {
 	redis_lost(l, why);
+}
+
+void
+redis_link_set_addr(struct redis_link *l, const char *host, int port)
+{
+	if (strcmp(l->host, host) == 0 && l->port == port)
+		return;
+	snprintf(l->host, sizeof(l->host), "%s", host);
+	l->port = port;
+	l->failures = 0;
+	if (l->state == REDIS_DOWN)
+		redis_schedule(l, 0);
+	else if (l->state != REDIS_CLOSED)
+		redis_lost(l, "moved to another server");
+}
+
+int
+redis_link_same_server(const struct redis_link *a, const struct redis_link *b)
+{
+	return a != NULL && b != NULL && redis_port(a) == redis_port(b) &&
+	    strcmp(redis_host(a), redis_host(b)) == 0;
+}
+
+void
+redis_link_redirects(struct redis_link *l, redis_redirect_cb *where)
+{
+	l->redirect = where;
+}
+
+void
+redis_link_stop(struct redis_link *l)
+{
+	if (l->state == REDIS_CLOSED || l->state == REDIS_DOWN) {
+		event_del(l->timer);
+		return;
+	}
+	redis_lost(l, "no longer needed");
+	event_del(l->timer);
+	l->failures = 0;
 }
 
 static void
@@ -447,13 +617,13 @@ redis_set_master(const char *host, int port)
 int
 redis_link_up(const struct redis_link *l)
 {
-	return l->state == REDIS_UP;
+	return l != NULL && l->state == REDIS_UP;
 }
 
 size_t
 redis_link_inflight(const struct redis_link *l)
 {
-	return l->inflight;
+	return l != NULL ? l->inflight : 0;
 }
 
 const char *

@@ -21,12 +21,10 @@
 
 #define SENTINEL_QUERY_MS   5000	/* re-ask, in case a message was missed */
 #define SENTINEL_RETRY_MS   500		/* next sentinel after a failure */
-#define SENTINEL_MAX        16
 
 static struct {
 	struct event_base *base;
-	char               host[SENTINEL_MAX][256];
-	int                port[SENTINEL_MAX];
+	struct config_hostport addr[CONFIG_MAX_HOSTS];
 	int                n, cur;
 	char              *master;
 	redisAsyncContext *query, *watch;
@@ -39,7 +37,7 @@ static void sentinel_schedule(long ms);
 static redisAsyncContext *
 sentinel_connect(redisDisconnectCallback *on_disconnect)
 {
-	redisAsyncContext *ac = redisAsyncConnect(S.host[S.cur], S.port[S.cur]);
+	redisAsyncContext *ac = redisAsyncConnect(S.addr[S.cur].host, S.addr[S.cur].port);
 
 	if (ac == NULL || ac->err) {
 		if (ac != NULL)
@@ -54,8 +52,8 @@ sentinel_connect(redisDisconnectCallback *on_disconnect)
 static void
 sentinel_next(const char *why)
 {
-	log_warn("sentinel", 0, "%s:%d: %s; trying the next sentinel", S.host[S.cur],
-	    S.port[S.cur], why);
+	log_warn("sentinel", 0, "%s:%d: %s; trying the next sentinel", S.addr[S.cur].host,
+	    S.addr[S.cur].port, why);
 	S.cur = (S.cur + 1) % S.n;
 }
 
@@ -145,27 +143,15 @@ sentinel_schedule(long ms)
 int
 sentinel_start(struct event_base *base, const struct config *cfg)
 {
-	char *list, *tok, *save;
-
 	if (cfg->sentinels == NULL)
 		return 0;
 	memset(&S, 0, sizeof(S));
 	S.base = base;
-	if ((list = strdup(cfg->sentinels)) == NULL || (S.master = strdup(cfg->master_name)) == NULL) {
-		free(list);
+	if ((S.n = config_parse_hostlist(cfg->sentinels, S.addr, CONFIG_MAX_HOSTS)) < 0) {
+		log_err("sentinel", 0, "bad sentinel list %s", cfg->sentinels);
 		return -1;
 	}
-	for (tok = strtok_r(list, ", ", &save); tok != NULL && S.n < SENTINEL_MAX;
-	    tok = strtok_r(NULL, ", ", &save)) {
-		if (config_split_hostport(tok, S.host[S.n], sizeof(S.host[0]), &S.port[S.n]) != 0) {
-			log_err("sentinel", 0, "bad sentinel address %s", tok);
-			free(list);
-			return -1;
-		}
-		S.n++;
-	}
-	free(list);
-	if (S.n == 0 || (S.timer = evtimer_new(base, sentinel_tick, NULL)) == NULL)
+	if ((S.master = strdup(cfg->master_name)) == NULL || (S.timer = evtimer_new(base, sentinel_tick, NULL)) == NULL)
 		return -1;
 	log_info("sentinel", 0, "asking %d sentinels for master %s", S.n, S.master);
 	sentinel_tick(-1, 0, NULL);

@@ -15,6 +15,7 @@
 
 #include <check.h>
 
+#include "cluster.h"
 #include "config.h"
 #include "log.h"
 
@@ -805,6 +806,71 @@ END_TEST
  * config as base: stream_conf offsets written into struct config
  * (prefetch lands on max_payload; ack_timeout_ms on the listen pointer,
  * a crash in config_free). */
+/* redis.sentinels and redis.cluster: lists of addresses, and what may
+ * not go with them. */
+START_TEST(test_redis_topology)
+{
+	struct config_hostport hp[CONFIG_MAX_HOSTS];
+	struct config *cfg;
+	char err[CONFIG_ERR_LEN + 64] = "";
+
+	cfg = t_load_ok("[redis]\ncluster = 127.0.0.1:7000, [::1]:7001,localhost:7002\n");
+	ck_assert_str_eq(cfg->cluster, "127.0.0.1:7000, [::1]:7001,localhost:7002");
+	ck_assert_int_eq(config_parse_hostlist(cfg->cluster, hp, CONFIG_MAX_HOSTS), 3);
+	ck_assert_str_eq(hp[1].host, "::1");
+	ck_assert_int_eq(hp[1].port, 7001);
+	ck_assert_str_eq(hp[2].host, "localhost");
+	/* --redis may still give a user and password, not a db */
+	ck_assert_int_eq(config_set_redis_url(cfg, "redis://u:p@h:1", err, sizeof(err)), 0);
+	ck_assert_int_eq(config_set_redis_url(cfg, "redis://h:1/2", err, sizeof(err)), -1);
+	ck_assert_str_eq(err, "redis://h:1/2: a Redis Cluster has only db 0");
+	config_free(cfg);
+
+	ck_assert_int_eq(config_parse_hostlist("a:1,,b:2 ", hp, CONFIG_MAX_HOSTS), 2);
+	ck_assert_int_eq(config_parse_hostlist("a:1,b", hp, CONFIG_MAX_HOSTS), -1);
+	ck_assert_int_eq(config_parse_hostlist(" , ", hp, CONFIG_MAX_HOSTS), -1);
+	ck_assert_int_eq(config_parse_hostlist("a:1,b:2,c:3", hp, 2), -1);
+
+	ck_load_err("[redis]\ncluster = 127.0.0.1\n",
+	    "t.conf: redis.cluster: want host:port,host:port (at most 16)");
+	ck_load_err("[redis]\ncluster = a:1\nsentinels = b:2\nmaster_name = m\n",
+	    "t.conf: redis.cluster and redis.sentinels exclude each other");
+	ck_load_err("[redis]\ncluster = a:1\nurl = redis://h:1/3\n",
+	    "t.conf:3: redis://h:1/3: a Redis Cluster has only db 0");
+	ck_load_err("[redis]\nurl = redis://h:1/3\ncluster = a:1\n",
+	    "t.conf: redis.cluster: a Redis Cluster has only db 0");
+	ck_load_err("[redis]\ncluster = a:1\nprefix = x{y}:\n",
+	    "t.conf: redis.cluster: redis.prefix must not contain { or }");
+	ck_load_err("[redis]\nsentinels = a:1,b\nmaster_name = m\n",
+	    "t.conf: redis.sentinels: want host:port,host:port (at most 16)");
+}
+END_TEST
+
+/* Key slots as Redis Cluster computes them (CLUSTER KEYSLOT, and the
+ * hash tag rules of the cluster specification). */
+START_TEST(test_cluster_key_slot)
+{
+#define SLOT(k) cluster_key_slot((k), strlen(k))
+	ck_assert_uint_eq(SLOT("123456789"), 0x31C3 & 16383);	/* the CRC16 check value */
+	ck_assert_uint_eq(SLOT("foo"), 12182);
+	ck_assert_uint_eq(SLOT("bar"), 5061);
+	ck_assert_uint_eq(SLOT(""), 0);
+	ck_assert_uint_eq(SLOT("{user1000}.following"), SLOT("{user1000}.followers"));
+	ck_assert_uint_eq(SLOT("{user1000}.following"), SLOT("user1000"));
+	ck_assert_uint_eq(SLOT("foo{}{bar}"), SLOT("foo{}{bar}"));
+	ck_assert_uint_ne(SLOT("foo{}{bar}"), SLOT("bar"));	/* empty tag: the whole key */
+	ck_assert_uint_eq(SLOT("foo{{bar}}zap"), SLOT("{bar"));
+	ck_assert_uint_eq(SLOT("foo{bar}{zap}"), SLOT("bar"));
+	ck_assert_uint_eq(SLOT("foo{bar"), SLOT("foo{bar"));
+	ck_assert_uint_ne(SLOT("foo{bar"), SLOT("bar"));	/* no closing brace */
+	/* A stream's keys share its slot. */
+	ck_assert_uint_eq(SLOT("sb:{market_data}"), SLOT("sb:{market_data}:dlq"));
+	ck_assert_uint_eq(SLOT("sb:{market_data}"), SLOT("sb:{market_data}:dedup:m1"));
+	ck_assert_uint_eq(SLOT("sb:{market_data}"), SLOT("market_data"));
+#undef SLOT
+}
+END_TEST
+
 START_TEST(test_bug_bare_stream_section)
 {
 	ck_load_err("[stream]\nprefetch = 5\n", "t.conf:1: unknown section [stream]");
@@ -912,6 +978,8 @@ config_suite(void)
 	tcase_add_test(tc, test_overrides);
 	tcase_add_test(tc, test_shipped_conf);
 	tcase_add_test(tc, test_man_page_keys);
+	tcase_add_test(tc, test_redis_topology);
+	tcase_add_test(tc, test_cluster_key_slot);
 	tcase_add_test(tc, test_bug_bare_stream_section);
 	tcase_add_test(tc, test_bug_first_error_wins);
 	tcase_add_test(tc, test_bug_empty_sections);
