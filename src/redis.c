@@ -20,6 +20,8 @@
 #define REDIS_BACKOFF_MIN_MS 100
 #define REDIS_BACKOFF_MAX_MS 5000
 #define REDIS_MAX_HOPS       5	/* MOVED/ASK redirections of one command */
+#define REDIS_TRYAGAIN_MS    50	/* TRYAGAIN: a slot's keys are mid-migration */
+#define REDIS_TRYAGAIN_MAX   40	/* so about 2 s of retries */
 
 struct redis_link {
 	struct redis_link *next;	/* every link, for a switch of master */
@@ -43,7 +45,8 @@ struct redis_call {
 	void              *arg;
 	char              *cmd;		/* kept for a redirection, or NULL */
 	size_t             cmd_len;
-	int                hops;
+	int                hops, tries;
+	int                asking;	/* sent after ASKING (an ASK answer) */
 };
 
 static struct redis_settings {
@@ -75,6 +78,8 @@ redis_call_new(struct redis_link *l, redis_cb *cb, void *arg)
 		call->cmd = NULL;
 		call->cmd_len = 0;
 		call->hops = 0;
+		call->tries = 0;
+		call->asking = 0;
 	}
 	return call;
 }
@@ -165,6 +170,7 @@ redis_set_state(struct redis_link *l, enum redis_state st)
 }
 
 static int redis_follow(struct redis_call *call, const redisReply *r);
+static int redis_try_again(struct redis_call *call, const redisReply *r);
 
 static void
 redis_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
@@ -174,8 +180,8 @@ redis_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 	(void)ac;
 	call->link->inflight--;
 	metrics.redis_inflight--;
-	if (call->cmd != NULL && redis_follow(call, r) == 0)
-		return;		/* sent on to the node that has the slot */
+	if (call->cmd != NULL && (redis_follow(call, r) == 0 || redis_try_again(call, r) == 0))
+		return;		/* sent on to the node that has the slot, or later */
 	if (call->cb != NULL)
 		call->cb(r, call->arg);
 	redis_call_free(call);
@@ -302,12 +308,59 @@ redis_parse_redirect(const redisReply *r, int *ask, int *slot, char *host,
 	return 0;
 }
 
+/* ASKING holds for the next command on that connection only. */
+static int
+redis_send_asking(struct redis_link *l)
+{
+	static const char asking[] = "*1\r\n$6\r\nASKING\r\n";
+
+	return redisAsyncFormattedCommand(l->ac, NULL, NULL, asking, sizeof(asking) - 1) ==
+	    REDIS_OK ? 0 : -1;
+}
+
+/* The TRYAGAIN wait is over: send again where it was sent.  It stayed
+ * counted in flight meanwhile, so a graceful stop waits for it. */
+static void
+redis_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct redis_call *call = arg;
+	struct redis_link *l = call->link;
+
+	(void)fd;
+	(void)what;
+	if (l->state == REDIS_UP && (!call->asking || redis_send_asking(l) == 0) &&
+	    redisAsyncFormattedCommand(l->ac, redis_reply_cb, call, call->cmd,
+	    call->cmd_len) == REDIS_OK)
+		return;
+	l->inflight--;
+	metrics.redis_inflight--;
+	if (call->cb != NULL)
+		call->cb(NULL, call->arg);	/* as if lost in flight */
+	redis_call_free(call);
+}
+
+/* TRYAGAIN: a multi-key command while its slot migrates and its keys are
+ * split between the nodes.  Nothing was done; wait for the move to end. */
+static int
+redis_try_again(struct redis_call *call, const redisReply *r)
+{
+	struct redis_link *l = call->link;
+	struct timeval tv = { 0, REDIS_TRYAGAIN_MS * 1000 };
+
+	if (!redis_reply_error_is(r, "TRYAGAIN") || call->tries >= REDIS_TRYAGAIN_MAX ||
+	    event_base_once(l->base, -1, EV_TIMEOUT, redis_retry_cb, call, &tv) != 0)
+		return -1;
+	call->tries++;
+	l->inflight++;
+	metrics.redis_inflight++;
+	return 0;
+}
+
 /* Send a command that was answered MOVED or ASK to the node named; 0 when
  * it went (the caller hears the final answer), -1 to answer the error. */
 static int
 redis_follow(struct redis_call *call, const redisReply *r)
 {
-	static const char asking[] = "*1\r\n$6\r\nASKING\r\n";
 	struct redis_link *from = call->link, *to;
 	char host[256];
 	int ask, slot, port;
@@ -319,10 +372,9 @@ redis_follow(struct redis_call *call, const redisReply *r)
 	to = from->redirect(from, slot, host, port, ask);
 	if (to == NULL || to->state != REDIS_UP)
 		return -1;
-	/* ASKING holds for the next command on that connection only. */
-	if (ask && redisAsyncFormattedCommand(to->ac, NULL, NULL, asking,
-	    sizeof(asking) - 1) != REDIS_OK)
+	if (ask && redis_send_asking(to) != 0)
 		return -1;
+	call->asking = ask;
 	call->hops++;
 	metrics.redis_redirects++;
 	log_debug("redis", 0, "%s: %s slot %d to %s:%d", from->name, ask ? "ASK" : "MOVED",
