@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -426,6 +427,81 @@ START_TEST(t_max_clients)
     sb_close(again);
     for (int i = 0; i < 4; i++)
         sb_close(c[i]);
+}
+END_TEST
+
+/* Descriptors the daemon has open now (/proc/PID/fd). */
+static int daemon_open_fds(void)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)H.daemon.pid);
+    DIR *d = opendir(path);
+    ck_assert_msg(d != NULL, "cannot read %s", path);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* accept() failing with EMFILE (no descriptor left) pauses the listener
+ * instead of spinning on it; once descriptors are free again, the clients
+ * waiting in the listen backlog are served.  The daemon's soft
+ * RLIMIT_NOFILE is lowered from outside (prlimit) to a few above what it
+ * has open. */
+#define EMFILE_CLIENTS 40
+START_TEST(t_emfile_backoff)
+{
+    sb_client *first = h_connect();
+    timed_ping(first, H_REPLY_MS);
+    struct rlimit old, low;
+    ck_assert_int_eq(prlimit(H.daemon.pid, RLIMIT_NOFILE, NULL, &old), 0);
+    low = old;
+    low.rlim_cur = (rlim_t)daemon_open_fds() + 4;
+    ck_assert_int_eq(prlimit(H.daemon.pid, RLIMIT_NOFILE, &low, NULL), 0);
+
+    /* The kernel completes these connections in the backlog; the daemon
+     * can accept only the first few. */
+    int fds[EMFILE_CLIENTS];
+    for (int i = 0; i < EMFILE_CLIENTS; i++) {
+        fds[i] = raw_try_connect(0);
+        ck_assert_msg(fds[i] >= 0, "connect %d: %s", i, strerror(errno));
+    }
+    int paused = 0;
+    for (int i = 0; i < 60 && !paused; i++) {
+        h_sleep_ms(50);
+        char *log = h_daemon_log();
+        paused = log && strstr(log, "accept: Too many open files; pausing") != NULL;
+        free(log);
+    }
+    ck_assert_msg(paused, "the daemon did not report EMFILE from accept");
+    /* Not spinning: a loop on a failing accept() would take a whole core. */
+    long long cpu0 = daemon_cpu_ms(), t0 = mono_ms();
+    h_sleep_ms(2000);
+    long long cpu = daemon_cpu_ms() - cpu0, wall = mono_ms() - t0;
+    note("EMFILE: %lld ms of CPU in %lld ms", cpu, wall);
+    ck_assert_msg(cpu * 2 < wall, "%lld ms of CPU in %lld ms while out of descriptors", cpu,
+                  wall);
+    timed_ping(first, H_REPLY_MS);      /* clients it has are served */
+
+    /* Descriptors back: everyone waiting gets in, and a newcomer too. */
+    ck_assert_int_eq(prlimit(H.daemon.pid, RLIMIT_NOFILE, &old, NULL), 0);
+    for (int i = 0; i < EMFILE_CLIENTS; i++) {
+        lines l;
+        lines_init(&l, fds[i]);
+        raw_write(fds[i], "{\"op\":\"ping\"}\n", 14, H_REPLY_MS);
+        json_t *r = lines_json(&l, H_REPLY_MS);
+        ck_assert_msg(r != NULL && json_is_true(json_object_get(r, "ok")),
+                      "client %d waiting in the backlog was not served", i);
+        json_decref(r);
+        lines_free(&l);
+        close(fds[i]);
+    }
+    sb_client *late = h_connect();
+    timed_ping(late, H_REPLY_MS);
+    sb_close(late);
+    sb_close(first);
+    assert_daemon_alive("after EMFILE");
 }
 END_TEST
 
@@ -985,6 +1061,7 @@ int main(void)
     tc = tcase(s, "connections", 40);
     tcase_add_test(tc, t_idle_connections);
     tcase_add_test(tc, t_max_clients);
+    tcase_add_test(tc, t_emfile_backoff);
 
     tc = tcase(s, "input", 30);
     tcase_add_test(tc, t_one_byte_per_second);

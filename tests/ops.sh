@@ -3,7 +3,9 @@
 # `make check`): the systemd unit (systemd-analyze verify and security),
 # make install / uninstall into a scratch DESTDIR, the Prometheus alerting
 # rules (promtool check and unit tests), the Grafana dashboard, the metric
-# names both use, and the man pages (mandoc -Tlint).  A part whose tool is
+# names both use, the warning when listening off loopback without tokens
+# (in a network namespace of its own), and the man pages (mandoc -Tlint).
+# A part whose tool is
 # missing is skipped with a message.  Needs src/streambusd and
 # src/streambus-cli built.  Last line: "N passed, N failed".
 set -eu
@@ -239,6 +241,54 @@ metric_names() {
 	[ -z "$missing" ] || { echo "not exported by streambusd:$missing"; return 1; }
 }
 check "alerts, dashboard: every metric queried is exported" metric_names
+
+# ---- listening off loopback ----------------------------------------------
+
+# listen_log ADDR [CONFIG LINES]: the log of a daemon that listened on ADDR
+# for a moment, inside a network namespace of its own (unshare -rn) whose
+# loopback device also has 10.254.0.1, so that an address off loopback
+# exists without touching the machine's network.  Redis is not needed.
+listen_log() {
+	local conf=$tmp/listen.conf
+	printf '[server]\nlisten = %s\n%s\n[metrics]\nlisten = off\n' "$1" "${2:-}" >"$conf"
+	timeout 20 unshare -rn sh -c '
+		ip link set lo up && ip addr add 10.254.0.1/32 dev lo || exit 3
+		: >"$3"		# now, not in the background child: the loop reads it
+		"$1" -c "$2" 2>>"$3" &
+		pid=$!
+		i=0
+		while [ $i -lt 50 ] && ! grep -q "listening on" "$3"; do
+			sleep 0.1
+			i=$((i + 1))
+		done
+		kill $pid
+		wait $pid
+		exit 0' sh "$top/src/streambusd" "$conf" "$tmp/listen.log" || return 1
+	cat "$tmp/listen.log"
+}
+warns_off_loopback() {
+	local log
+	log=$(listen_log "$@") || { echo "could not run the daemon in a namespace"; return 1; }
+	printf '%s\n' "$log" | grep -q "listening on $1 without auth_tokens" ||
+	    { printf '%s\n' "$log"; return 1; }
+}
+silent_about_tokens() {
+	local log
+	log=$(listen_log "$@") || { echo "could not run the daemon in a namespace"; return 1; }
+	printf '%s\n' "$log" | grep -q "listening on $1" || { printf '%s\n' "$log"; return 1; }
+	! printf '%s\n' "$log" | grep -q "without auth_tokens" || { printf '%s\n' "$log"; return 1; }
+}
+if have unshare && have ip && timeout 5 unshare -rn ip link set lo up 2>/dev/null; then
+	printf 'secret pub=* sub=*\n' >"$tmp/tokens"
+	chmod 600 "$tmp/tokens"
+	check "listen: a warning off loopback without auth_tokens" \
+	    warns_off_loopback 10.254.0.1:7070
+	check "listen: no warning on 127.0.0.1" silent_about_tokens 127.0.0.1:7070
+	check "listen: no warning off loopback with auth_tokens" \
+	    silent_about_tokens 10.254.0.1:7070 "auth_tokens = $tmp/tokens"
+else
+	skip "listen: no network namespace here (unshare -rn)"
+fi
 
 # ---- man pages ------------------------------------------------------------
 
