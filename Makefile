@@ -33,7 +33,7 @@ BINS        := src/streambusd src/streambus-cli perf/streambus-bench
 
 CHECK_LIBS  := $(shell pkg-config --libs check 2>/dev/null)
 UNIT_TESTS  := tests/check_proto tests/check_config tests/check_metrics
-INTEG_TESTS := tests/check_integration tests/check_abuse tests/check_sentinel
+INTEG_TESTS := tests/check_integration tests/check_abuse tests/check_sentinel tests/check_cluster
 TESTS       := $(UNIT_TESTS) $(INTEG_TESTS)
 
 .PHONY: all deps run check check-valgrind unit integration bench chaos chaos-short clean install uninstall

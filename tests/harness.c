@@ -477,6 +477,41 @@ long long h_client_list_count(void)
     return n;
 }
 
+redisReply *h_redis_at_argv(int port, int argc, const char **argv)
+{
+    struct timeval tv = { 1, 0 };
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    if (!c || c->err) {
+        if (c)
+            redisFree(c);
+        return NULL;
+    }
+    struct timeval rtv = { 5, 0 };
+    redisSetTimeout(c, rtv);
+    redisReply *r = redisCommandArgv(c, argc, argv, NULL);
+    redisFree(c);
+    return r;
+}
+
+redisReply *h_redis_at(int port, const char *fmt, ...)
+{
+    struct timeval tv = { 1, 0 };
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    if (!c || c->err) {
+        if (c)
+            redisFree(c);
+        return NULL;
+    }
+    struct timeval rtv = { 5, 0 };
+    redisSetTimeout(c, rtv);
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    redisFree(c);
+    return r;
+}
+
 const char *h_entry_field(const redisReply *entry, const char *field)
 {
     if (!entry || entry->type != REDIS_REPLY_ARRAY || entry->elements != 2)
@@ -492,13 +527,18 @@ const char *h_entry_field(const redisReply *entry, const char *field)
 
 /* ------------------------------------------------------------- fixtures */
 
-void h_setup(void)
+void h_setup_dir(void)
 {
     memset(&H, 0, sizeof H);
     ck_assert_msg(base_dir[0], "h_global_init() not called");
     snprintf(H.dir, sizeof H.dir, "%s/t.XXXXXX", base_dir);
     ck_assert_msg(mkdtemp(H.dir) != NULL, "mkdtemp: %s", strerror(errno));
     rc = NULL;
+}
+
+void h_setup(void)
+{
+    h_setup_dir();
     for (int attempt = 0; attempt < 3; attempt++) {
         H.redis_port = h_free_port();
         if (h_redis_start() == 0)

@@ -71,6 +71,7 @@ const char *h_daemon_path(void);
 
 /* ---- fixtures ---- */
 void h_setup(void);           /* temp dir + redis; daemon config reset */
+void h_setup_dir(void);       /* only the temp dir and the reset (no redis) */
 void h_teardown(void);
 
 /* ---- configuration ---- */
@@ -117,6 +118,10 @@ long long   h_redis_int(const char *fmt, ...);  /* asserts an integer reply */
 long long   h_info_clients(void);               /* INFO clients: connected_clients */
 long long   h_client_list_count(void);          /* lines of CLIENT LIST */
 void        h_redis_forget(void);               /* drop the cached connection */
+/* One command to the server on 127.0.0.1:port, on a connection of its own
+ * (connect 1 s, reply 5 s); NULL when it does not answer.  Caller frees. */
+redisReply *h_redis_at(int port, const char *fmt, ...);
+redisReply *h_redis_at_argv(int port, int argc, const char **argv);
 /* Field value of an entry (array reply [id, [k, v, ...]]), or NULL. */
 const char *h_entry_field(const redisReply *entry, const char *field);
 
