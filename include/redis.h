@@ -64,5 +64,8 @@ void redis_cleanup(void);
 /* Reply helpers. */
 int redis_reply_is_error(const redisReply *r);
 int redis_reply_error_is(const redisReply *r, const char *prefix);
+/* An error of Redis in motion (failover, slot migration, loading, a read
+ * ended by a moved key): the same command later will likely work. */
+int redis_reply_transient(const redisReply *r);
 
 #endif

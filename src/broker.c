@@ -292,6 +292,21 @@ broker_check_noscript(const redisReply *r)
 		broker_load_script(B.cmd, NULL);
 }
 
+/* An error of periodic work (read, sweep, reap, retention), which the
+ * next tick retries: a warning, unless Redis is only moving (failover,
+ * slot migration). */
+static void
+broker_work_error(const struct stream *s, const struct group *g, const char *what,
+    const redisReply *r)
+{
+	enum log_level level = redis_reply_transient(r) ? LOG_DEBUG : LOG_WARN;
+
+	if (r == NULL || !log_enabled(level))
+		return;
+	log_msg(level, "broker", 0, "%s%s%s: %s: %s", s->name, g ? "/" : "", g ? g->name : "",
+	    what, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+}
+
 /* ---- streams and groups ---- */
 
 /* <prefix>S<suffix>; on a cluster <prefix>{S}<suffix>, so that every key
@@ -907,7 +922,7 @@ read_done(redisReply *r, void *arg)
 		return;		/* reader lost: reader_state resumes it */
 	}
 	if (redis_reply_is_error(r)) {
-		log_warn("broker", 0, "%s/%s: read: %s", g->stream->name, g->name, r->str);
+		broker_work_error(g->stream, g, "read", r);
 		if (redis_reply_error_is(r, "NOGROUP"))
 			redis_cmd(stream_cmd(g->stream), NULL, NULL, "XGROUP CREATE %s %s 0 MKSTREAM",
 			    g->stream->key, g->name);
@@ -1019,9 +1034,8 @@ claim_done(redisReply *r, void *arg)
 				snprintf(s->recover_from, sizeof(s->recover_from), "(%s", last->str);
 			more = 1;	/* next recovering sub, or the rest */
 		}
-	} else if (r != NULL)
-		log_warn("broker", p->conn_id, "%s/%s: claim: %s", g->stream->name, g->name,
-		    r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+	} else
+		broker_work_error(g->stream, g, "claim", r);
 	pending_free(p);
 	if (more)
 		group_sweep(g);
@@ -1113,7 +1127,9 @@ pub_failed(struct pending *p, const redisReply *r)
 	}
 	if (r->type == REDIS_REPLY_ERROR) {
 		pub_count_error(p->stream, "unavailable");
-		pending_error(p, "unavailable", r->str);
+		pending_error(p, "unavailable", redis_reply_error_is(r, "TRYAGAIN") ?
+		    "the stream's hash slot is moving between Redis Cluster nodes; nothing "
+		    "was stored; retry" : r->str);
 		return 1;
 	}
 	return 0;
@@ -2077,7 +2093,7 @@ retain_done(redisReply *r, void *arg)
 	broker_check_noscript(r);
 	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
 		if (r != NULL && r->type == REDIS_REPLY_ERROR)
-			log_warn("broker", 0, "%s: retention: %s", st->name, r->str);
+			broker_work_error(st, NULL, "retention", r);
 		return;
 	}
 	if (r->element[1]->integer > 0) {
@@ -2123,7 +2139,7 @@ reap_done(redisReply *r, void *arg)
 		    "is gone", g->stream->name, g->name, r->integer);
 		group_sweep(g);
 	} else if (r != NULL && r->type == REDIS_REPLY_ERROR)
-		log_warn("broker", 0, "%s/%s: reap: %s", g->stream->name, g->name, r->str);
+		broker_work_error(g->stream, g, "reap", r);
 }
 
 static void

@@ -156,6 +156,18 @@ redis_reply_error_is(const redisReply *r, const char *prefix)
 	    strncmp(r->str, prefix, strlen(prefix)) == 0;
 }
 
+int
+redis_reply_transient(const redisReply *r)
+{
+	static const char *const moving[] = { "TRYAGAIN", "CLUSTERDOWN", "MOVED ", "ASK ",
+	    "LOADING", "MASTERDOWN", "READONLY", "UNBLOCKED" };
+
+	for (size_t i = 0; i < sizeof(moving) / sizeof(moving[0]); i++)
+		if (redis_reply_error_is(r, moving[i]))
+			return 1;
+	return 0;
+}
+
 static void
 redis_set_state(struct redis_link *l, enum redis_state st)
 {
