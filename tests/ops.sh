@@ -5,9 +5,8 @@
 # rules (promtool check and unit tests), the Grafana dashboard, the metric
 # names both use, the warning when listening off loopback without tokens
 # (in a network namespace of its own), and the man pages (mandoc -Tlint).
-# A part whose tool is
-# missing is skipped with a message.  Needs src/streambusd and
-# src/streambus-cli built.  Last line: "N passed, N failed".
+# A part whose tool is missing is skipped with a message.  Needs
+# src/streambusd and src/streambus-cli built.  Last line: "N passed, N failed".
 set -eu
 cd "$(dirname "$0")/.."
 top=$PWD
