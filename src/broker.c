@@ -1126,6 +1126,8 @@ pub_failed(struct pending *p, const redisReply *r)
 		return 1;
 	}
 	if (r->type == REDIS_REPLY_ERROR) {
+		if (redis_reply_transient(r))
+			cluster_refresh_soon();	/* the durable link does not follow MOVED */
 		pub_count_error(p->stream, "unavailable");
 		pending_error(p, "unavailable", redis_reply_error_is(r, "TRYAGAIN") ?
 		    "the stream's hash slot is moving between Redis Cluster nodes; nothing "
