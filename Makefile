@@ -116,10 +116,11 @@ chaos: all $(CHAOS)
 chaos-short: all $(CHAOS)
 	./$(CHAOS) --seconds 3
 
-# The integration suite with the daemon under valgrind memcheck: any error,
+# The integration and cluster suites with the daemon under valgrind memcheck: any error,
 # or a definite leak at exit, fails the test that stopped that daemon.
 check-valgrind: all $(INTEG_TESTS)
 	SB_DAEMON=tests/valgrind-daemon.sh ./tests/check_integration
+	SB_DAEMON=tests/valgrind-daemon.sh ./tests/check_cluster
 
 bench: all
 	@sh perf/run
