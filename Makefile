@@ -58,6 +58,11 @@ tests/%.o: tests/%.c $(wildcard include/*.h tests/*.h)
 tests/check_%: tests/check_%.o tests/harness.o $(CORE_OBJS) $(CLIENT_OBJS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CHECK_LIBS)
 
+# Traffic under faults (tests/traffic.c) and a real Redis Cluster
+# (tests/redis_cluster.c), shared with the chaos suite.
+tests/check_sentinel: tests/traffic.o
+tests/check_cluster: tests/traffic.o tests/redis_cluster.o
+
 # Installs what the build and the tests need: as root with apt-get, otherwise
 # prints the command to run.
 deps:
@@ -104,8 +109,9 @@ check: deps
 	@$(MAKE) --no-print-directory unit integration chaos-short check-ops
 
 CHAOS := tests/chaos/chaos
-$(CHAOS): tests/chaos/chaos.c tests/harness.o $(CORE_OBJS) $(CLIENT_OBJS) $(wildcard include/*.h tests/*.h)
-	$(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ tests/chaos/chaos.c tests/harness.o $(CORE_OBJS) $(CLIENT_OBJS) $(LDLIBS) $(CHECK_LIBS)
+CHAOS_OBJS := tests/harness.o tests/redis_cluster.o
+$(CHAOS): tests/chaos/chaos.c $(CHAOS_OBJS) $(CORE_OBJS) $(CLIENT_OBJS) $(wildcard include/*.h tests/*.h)
+	$(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ tests/chaos/chaos.c $(CHAOS_OBJS) $(CORE_OBJS) $(CLIENT_OBJS) $(LDLIBS) $(CHECK_LIBS)
 
 # The fault-injection suite: minutes per scenario.  `make check` runs it
 # in its short form (CHAOS_SECONDS=3).

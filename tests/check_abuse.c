@@ -1040,21 +1040,13 @@ END_TEST
 
 static TCase *tcase(Suite *s, const char *name, int timeout)
 {
-    TCase *tc = tcase_create(name);
-    tcase_add_checked_fixture(tc, h_setup, h_teardown);
-    tcase_add_unchecked_fixture(tc, NULL, h_reap_orphans);
-    tcase_set_timeout(tc, timeout);
-    suite_add_tcase(s, tc);
-    return tc;
+    return h_tcase(s, name, timeout, h_setup, h_teardown);
 }
 
 int main(void)
 {
-    h_global_init();
-    if (access(h_daemon_path(), X_OK) != 0) {
-        fprintf(stderr, "check_abuse: %s not built (make src/streambusd)\n", h_daemon_path());
+    if (h_main_init("check_abuse", NULL) != 0)
         return 1;
-    }
     Suite *s = suite_create("abuse");
     TCase *tc;
 
@@ -1087,9 +1079,5 @@ int main(void)
         tcase_add_test(tc, t_bug_trickled_line_cpu);
     }
 
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);   /* CK_VERBOSITY=verbose lists every test */
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return h_run_suite(s);
 }

@@ -1890,18 +1890,6 @@ END_TEST
 
 /* ============================================================ stats */
 
-static json_t *find_named(json_t *arr, const char *key, const char *name)
-{
-    size_t i;
-    json_t *v;
-    json_array_foreach(arr, i, v) {
-        const char *n = json_string_value(json_object_get(v, key));
-        if (n && strcmp(n, name) == 0)
-            return v;
-    }
-    return NULL;
-}
-
 START_TEST(t_stats)
 {
     sb_client *a = h_connect(), *b = h_connect(), *p = h_connect();
@@ -1931,8 +1919,8 @@ START_TEST(t_stats)
     ck_assert_int_eq(h_int(st, "dlq_length"), 1);
     json_t *groups = json_object_get(st, "groups");
     ck_assert_int_eq(json_array_size(groups), 2);
-    json_t *g1 = find_named(groups, "group", "g1");
-    json_t *g2 = find_named(groups, "group", "g2");
+    json_t *g1 = h_find_named(groups, "group", "g1");
+    json_t *g2 = h_find_named(groups, "group", "g2");
     ck_assert_ptr_nonnull(g1);
     ck_assert_ptr_nonnull(g2);
     ck_assert_int_eq(h_int(g1, "consumers"), 1);
@@ -1947,10 +1935,10 @@ START_TEST(t_stats)
     r = h_ok(h_req(p, "{'op':'stats'}"));
     streams = json_object_get(r, "streams");
     ck_assert(json_is_array(streams));
-    st = find_named(streams, "stream", "st");
+    st = h_find_named(streams, "stream", "st");
     ck_assert_ptr_nonnull(st);
     ck_assert_int_eq(h_int(st, "length"), 5);
-    json_t *o = find_named(streams, "stream", "other");
+    json_t *o = h_find_named(streams, "stream", "other");
     ck_assert_ptr_nonnull(o);
     ck_assert_int_eq(h_int(o, "length"), 1);
     ck_assert_int_eq(h_int(o, "dlq_length"), 0);
@@ -3106,22 +3094,13 @@ END_TEST
 
 static TCase *tcase(Suite *s, const char *name, int timeout)
 {
-    TCase *tc = tcase_create(name);
-    tcase_add_checked_fixture(tc, h_setup, h_teardown);
-    tcase_add_unchecked_fixture(tc, NULL, h_reap_orphans);
-    tcase_set_timeout(tc, timeout);
-    suite_add_tcase(s, tc);
-    return tc;
+    return h_tcase(s, name, timeout, h_setup, h_teardown);
 }
 
 int main(void)
 {
-    h_global_init();
-    if (access(h_daemon_path(), X_OK) != 0) {
-        fprintf(stderr, "check_integration: %s not built (make src/streambusd)\n",
-                h_daemon_path());
+    if (h_main_init("check_integration", NULL) != 0)
         return 1;
-    }
     Suite *s = suite_create("integration");
     TCase *tc;
 
@@ -3231,9 +3210,5 @@ int main(void)
     if (auth)
         tcase_add_test(tc, t_dlq_auth);
 
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);   /* CK_VERBOSITY=verbose lists every test */
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return h_run_suite(s);
 }

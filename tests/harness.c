@@ -477,7 +477,7 @@ long long h_client_list_count(void)
     return n;
 }
 
-redisReply *h_redis_at_argv(int port, int argc, const char **argv)
+redisContext *h_redis_open(int port, int reply_ms)
 {
     struct timeval tv = { 1, 0 };
     redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
@@ -486,30 +486,114 @@ redisReply *h_redis_at_argv(int port, int argc, const char **argv)
             redisFree(c);
         return NULL;
     }
-    struct timeval rtv = { 5, 0 };
+    struct timeval rtv = { reply_ms / 1000, (reply_ms % 1000) * 1000 };
     redisSetTimeout(c, rtv);
+    return c;
+}
+
+redisReply *h_redis_at_argv(int port, int argc, const char **argv)
+{
+    redisContext *c = h_redis_open(port, 5000);
+    if (!c)
+        return NULL;
     redisReply *r = redisCommandArgv(c, argc, argv, NULL);
+    redisFree(c);
+    return r;
+}
+
+static redisReply *redis_at_va(int port, const char *fmt, va_list ap)
+{
+    redisContext *c = h_redis_open(port, 5000);
+    if (!c)
+        return NULL;
+    redisReply *r = redisvCommand(c, fmt, ap);
     redisFree(c);
     return r;
 }
 
 redisReply *h_redis_at(int port, const char *fmt, ...)
 {
-    struct timeval tv = { 1, 0 };
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-    if (!c || c->err) {
-        if (c)
-            redisFree(c);
-        return NULL;
-    }
-    struct timeval rtv = { 5, 0 };
-    redisSetTimeout(c, rtv);
     va_list ap;
     va_start(ap, fmt);
-    redisReply *r = redisvCommand(c, fmt, ap);
+    redisReply *r = redis_at_va(port, fmt, ap);
     va_end(ap);
-    redisFree(c);
     return r;
+}
+
+long long h_redis_int_at(int port, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redis_at_va(port, fmt, ap);
+    va_end(ap);
+    long long v = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    if (r)
+        freeReplyObject(r);
+    return v;
+}
+
+redisReply *h_redis_words(int port, const char *cmd)
+{
+    char buf[256];
+    const char *argv[16];
+    int argc = 0;
+    snprintf(buf, sizeof buf, "%s", cmd);
+    char *save = NULL;
+    for (char *w = strtok_r(buf, " ", &save); w && argc < 16; w = strtok_r(NULL, " ", &save))
+        argv[argc++] = w;
+    return h_redis_at_argv(port, argc, argv);
+}
+
+int h_redis_str_has(int port, const char *cmd, const char *needle)
+{
+    redisReply *r = h_redis_words(port, cmd);
+    int has = r && r->type == REDIS_REPLY_STRING && strstr(r->str, needle) != NULL;
+    if (r)
+        freeReplyObject(r);
+    return has;
+}
+
+long long h_redis_str_num(int port, const char *cmd, const char *name)
+{
+    redisReply *r = h_redis_words(port, cmd);
+    long long v = -1;
+    if (r && r->type == REDIS_REPLY_STRING) {
+        char *want = h_fmt("%s:", name);
+        for (const char *p = strstr(r->str, want); p; p = strstr(p + 1, want))
+            if (p == r->str || p[-1] == '\n') {
+                v = atoll(p + strlen(want));
+                break;
+            }
+        free(want);
+    }
+    if (r)
+        freeReplyObject(r);
+    return v;
+}
+
+int h_replica_online(int port, int rport)
+{
+    char *needle = h_fmt("port=%d,state=online", rport);
+    int has = h_redis_str_has(port, "INFO replication", needle);
+    free(needle);
+    return has;
+}
+
+int h_redis_has_entry(int port, const char *key, const char *id)
+{
+    redisContext *c = h_redis_open(port, 5000);
+    if (!c)
+        return 0;
+    /* Lets a cluster replica answer; an error elsewhere, and harmless. */
+    redisReply *r = redisCommand(c, "READONLY");
+    if (r)
+        freeReplyObject(r);
+    r = redisCommand(c, "XRANGE %s %s %s", key, id, id);
+    int has = r && r->type == REDIS_REPLY_ARRAY && r->elements == 1;
+    if (r)
+        freeReplyObject(r);
+    redisFree(c);
+    return has;
 }
 
 const char *h_entry_field(const redisReply *entry, const char *field)
@@ -571,6 +655,103 @@ void h_teardown(void)
         ck_abort_msg("streambusd died during the test (status 0x%x); log:\n%s",
                      st, log ? log : "");
     }
+}
+
+/* ---------------------------------------------------------------- suites */
+
+static const char *suite_prog = "test";
+static void (*suite_stop_all)(void);
+
+void h_on_fail(const char *prog, void (*stop_all)(void))
+{
+    suite_prog = prog;
+    suite_stop_all = stop_all;
+}
+
+const char *h_prog(void)
+{
+    return suite_prog;
+}
+
+char *h_log_tail(const char *name, size_t max)
+{
+    char *path = h_fmt("%s/%s", H.dir, name);
+    char *txt = h_read_file(path);
+    free(path);
+    if (!txt)
+        return strdup("(no log)");
+    size_t len = strlen(txt);
+    if (len > max)
+        memmove(txt, txt + len - max, max + 1);
+    return txt;
+}
+
+char *h_fail_stop(const char *why)
+{
+    if (suite_stop_all)
+        suite_stop_all();
+    /* Check's messages are short: the whole message goes to stderr too. */
+    fprintf(stderr, "%s: FAILED: %s\n", suite_prog, why);
+    return h_log_tail("daemon.log", 1500);
+}
+
+void h_teardown_all(void)
+{
+    int died = 0, st = 0;
+    if (H.daemon.pid && !h_alive(&H.daemon) && !H.daemon_expected_dead) {
+        died = 1;
+        st = H.daemon.status;
+    }
+    if (suite_stop_all)
+        suite_stop_all();
+    h_teardown();
+    if (died) {
+        char *log = h_log_tail("daemon.log", 8000);
+        ck_abort_msg("streambusd died during the test (status 0x%x); log:\n%s", st, log);
+    }
+}
+
+int h_main_init(const char *prog, void (*stop_all)(void))
+{
+    h_global_init();
+    h_on_fail(prog, stop_all);
+    if (access(h_daemon_path(), X_OK) != 0) {
+        fprintf(stderr, "%s: %s not built (make src/streambusd)\n", prog, h_daemon_path());
+        return 1;
+    }
+    return 0;
+}
+
+TCase *h_tcase(Suite *s, const char *name, int timeout_s, void (*setup)(void),
+               void (*teardown)(void))
+{
+    TCase *tc = tcase_create(name);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_unchecked_fixture(tc, NULL, h_reap_orphans);
+    tcase_set_timeout(tc, timeout_s);
+    suite_add_tcase(s, tc);
+    return tc;
+}
+
+int h_run_suite(Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_ENV);   /* CK_VERBOSITY=verbose lists every test */
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
+
+int h_main(const char *prog, const char *suite, void (*setup)(void), void (*stop_all)(void),
+           const h_case *cases, size_t ncases)
+{
+    if (h_main_init(prog, stop_all) != 0)
+        return 1;
+    Suite *s = suite_create(suite);
+    for (size_t i = 0; i < ncases; i++)
+        tcase_add_test(h_tcase(s, cases[i].name, cases[i].timeout_s, setup, h_teardown_all),
+                       cases[i].test);
+    return h_run_suite(s);
 }
 
 /* ---------------------------------------------------------- configuration */
@@ -1003,6 +1184,18 @@ const char *h_str(const json_t *o, const char *key)
         ck_abort_msg("expected string field '%s' in %s", key, t ? t : "?");
     }
     return s;
+}
+
+json_t *h_find_named(json_t *arr, const char *key, const char *name)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v) {
+        const char *n = json_string_value(json_object_get(v, key));
+        if (n && strcmp(n, name) == 0)
+            return v;
+    }
+    return NULL;
 }
 
 long long h_int(const json_t *o, const char *key)

@@ -69,6 +69,52 @@ void h_global_init(void);
 void h_reap_orphans(void);
 const char *h_daemon_path(void);
 
+/* ---- suites ---- */
+/* main()'s start: h_global_init() and h_on_fail(prog, stop_all) (stop_all
+ * may be NULL); 1 (with a message) when the daemon is not built, else 0. */
+int    h_main_init(const char *prog, void (*stop_all)(void));
+/* A test case with a checked fixture and the orphan reaper (Check's
+ * boilerplate, once); h_run_suite() runs s (CK_ENV) and returns main()'s
+ * exit status. */
+TCase *h_tcase(Suite *s, const char *name, int timeout_s, void (*setup)(void),
+               void (*teardown)(void));
+int    h_run_suite(Suite *s);
+/* A suite of one test per test case, all with the same fixture: main() in
+ * one call (h_main_init, a test case per row, h_run_suite). */
+typedef struct h_case {
+    const char  *name;
+    int          timeout_s;
+    const TTest *test;
+} h_case;
+int    h_main(const char *prog, const char *suite, void (*setup)(void),
+              void (*stop_all)(void), const h_case *cases, size_t ncases);
+/* A suite that runs processes of its own (sentinels, cluster nodes) names
+ * the function that stops every process of a test by pid, the daemon
+ * first: H_CHECK and h_teardown_all() call it.  prog prefixes the lines
+ * on stderr. */
+void   h_on_fail(const char *prog, void (*stop_all)(void));
+const char *h_prog(void);
+/* The last max bytes of a file of the test directory (malloc'd). */
+char  *h_log_tail(const char *name, size_t max);
+/* For H_CHECK: stop_all(), the message to stderr; the daemon log's tail. */
+char  *h_fail_stop(const char *why);
+/* Checked teardown: stop_all(), h_teardown(); fails the test if the daemon
+ * died on its own. */
+void   h_teardown_all(void);
+
+/* Asserts cond; on failure stops every process by pid first (h_on_fail),
+ * then aborts with the message and the daemon's log tail.  A failed
+ * assertion inside the harness leaves the processes to PR_SET_PDEATHSIG and
+ * Check's killpg instead. */
+#define H_CHECK(cond, ...)                                                    \
+    do {                                                                      \
+        if (!(cond)) {                                                        \
+            char *why_ = h_fmt(__VA_ARGS__);                                  \
+            char *log_ = h_fail_stop(why_);                                   \
+            ck_abort_msg("%.1500s\n--- daemon.log (tail) ---\n%s", why_, log_); \
+        }                                                                     \
+    } while (0)
+
 /* ---- fixtures ---- */
 void h_setup(void);           /* temp dir + redis; daemon config reset */
 void h_setup_dir(void);       /* only the temp dir and the reset (no redis) */
@@ -118,10 +164,26 @@ long long   h_redis_int(const char *fmt, ...);  /* asserts an integer reply */
 long long   h_info_clients(void);               /* INFO clients: connected_clients */
 long long   h_client_list_count(void);          /* lines of CLIENT LIST */
 void        h_redis_forget(void);               /* drop the cached connection */
+/* A connection of its own to 127.0.0.1:port (connect 1 s, replies within
+ * reply_ms); NULL when nothing answers.  Caller redisFree()s. */
+redisContext *h_redis_open(int port, int reply_ms);
 /* One command to the server on 127.0.0.1:port, on a connection of its own
  * (connect 1 s, reply 5 s); NULL when it does not answer.  Caller frees. */
 redisReply *h_redis_at(int port, const char *fmt, ...);
 redisReply *h_redis_at_argv(int port, int argc, const char **argv);
+/* cmd: words separated by single spaces, no quoting ("CLUSTER INFO"). */
+redisReply *h_redis_words(int port, const char *cmd);
+/* The same, read as: an integer reply, or -1 (no answer, an error); 1 if
+ * the string reply (INFO, CLUSTER INFO) contains needle; the number after
+ * "name:" at the start of a line of it, or -1. */
+long long   h_redis_int_at(int port, const char *fmt, ...);
+int         h_redis_str_has(int port, const char *cmd, const char *needle);
+long long   h_redis_str_num(int port, const char *cmd, const char *name);
+/* 1 once the master on port lists the replica on rport as online. */
+int         h_replica_online(int port, int rport);
+/* 1 if entry id is in stream key on port (a master, or a replica: READONLY
+ * is sent first for a cluster replica). */
+int         h_redis_has_entry(int port, const char *key, const char *id);
 /* Field value of an entry (array reply [id, [k, v, ...]]), or NULL. */
 const char *h_entry_field(const redisReply *entry, const char *field);
 
@@ -158,6 +220,8 @@ json_t *h_err(json_t *reply, const char *code);
 json_t *h_bad(json_t *reply, const char *field);
 
 const char *h_str(const json_t *o, const char *key);   /* asserts a string */
+/* The object of array arr whose member key is the string name, or NULL. */
+json_t     *h_find_named(json_t *arr, const char *key, const char *name);
 long long   h_int(const json_t *o, const char *key);   /* asserts an integer */
 
 /* Convenience ops (assert ok). */
