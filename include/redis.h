@@ -52,6 +52,10 @@ const char *redis_link_name(const struct redis_link *l);
 int redis_cmd_argv(struct redis_link *l, redis_cb *cb, void *arg, int argc,
     const char **argv, const size_t *argvlen);
 int redis_cmd(struct redis_link *l, redis_cb *cb, void *arg, const char *fmt, ...);
+/* The same for a command whose order matters (a pub): one answered
+ * TRYAGAIN is not retried, so that none sent after it overtakes it. */
+int redis_cmd_argv_ordered(struct redis_link *l, redis_cb *cb, void *arg, int argc,
+    const char **argv, const size_t *argvlen);
 
 /* Where to connect and how to log in; applies to links started after. */
 void redis_configure(const struct config *cfg);

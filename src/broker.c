@@ -128,6 +128,7 @@ static struct broker {
 	struct redis_link   *durable;	/* pubs of replicas:N streams, then WAIT */
 	struct wait_batch   *waits;	/* pubs the next WAITs confirm */
 	struct event        *wait_ev;
+	struct event        *unpark_ev;	/* parked pubs go after a map change */
 	struct stream       *streams;
 	struct idmap         subs;
 	uint64_t             next_uid;
@@ -148,6 +149,7 @@ static void broker_ensure_durable(const struct config *cfg);
 static void group_sweep(struct group *g);
 static void sub_free(struct sub *s);
 static struct redis_link *stream_cmd(const struct stream *s);
+static void stream_live_set(const struct stream *s);
 
 /* ---- small helpers ---- */
 
@@ -224,10 +226,11 @@ pending_ok(struct pending *p)
 		reply_ok(c, p->seq, p->rid);
 }
 
-/* Run broker.lua on link l: EVALSHA once its SHA is known, EVAL before. */
+/* Run broker.lua on link l: EVALSHA once its SHA is known, EVAL before.
+ * ordered: a pub (see redis_cmd_argv_ordered). */
 static int
-broker_script_on(struct redis_link *l, redis_cb *cb, void *arg, int nkeys, int argc,
-    const char **argv, const size_t *argvlen)
+broker_script_on(struct redis_link *l, int ordered, redis_cb *cb, void *arg, int nkeys,
+    int argc, const char **argv, const size_t *argvlen)
 {
 	char nk[16];
 	int rc;
@@ -249,7 +252,8 @@ broker_script_on(struct redis_link *l, redis_cb *cb, void *arg, int nkeys, int a
 		av[i + 3] = argv[i];
 		al[i + 3] = argvlen ? argvlen[i] : strlen(argv[i]);
 	}
-	rc = redis_cmd_argv(l, cb, arg, argc + 3, av, al);
+	rc = ordered ? redis_cmd_argv_ordered(l, cb, arg, argc + 3, av, al) :
+	    redis_cmd_argv(l, cb, arg, argc + 3, av, al);
 	free(av);
 	free(al);
 	return rc;
@@ -259,7 +263,7 @@ static int
 broker_script(const struct stream *s, redis_cb *cb, void *arg, int nkeys, int argc,
     const char **argv, const size_t *argvlen)
 {
-	return broker_script_on(stream_cmd(s), cb, arg, nkeys, argc, argv, argvlen);
+	return broker_script_on(stream_cmd(s), 0, cb, arg, nkeys, argc, argv, argvlen);
 }
 
 static void
@@ -322,14 +326,14 @@ broker_key(const char *name, const char *suffix)
 	return k;
 }
 
-/* The command link for a key: the one Redis, or the master of its slot
- * (NULL while unknown). */
+/* The command link for the keys of stream name: the one Redis, or the
+ * master of their slot, whose hash tag is the name (NULL while unknown). */
 static struct redis_link *
-broker_link_for(const char *key)
+broker_link_for(const char *name)
 {
 	if (!cluster_enabled())
 		return B.cmd;
-	return cluster_link(cluster_key_slot(key, strlen(key)), CLUSTER_CMD);
+	return cluster_link(cluster_key_slot(name, strlen(name)), CLUSTER_CMD);
 }
 
 static struct redis_link *
@@ -383,7 +387,7 @@ stream_get(const char *name)
 		free(s);
 		return NULL;
 	}
-	s->slot = cluster_key_slot(s->key, strlen(s->key));
+	s->slot = cluster_key_slot(name, strlen(name));	/* = its keys' slot */
 	s->conf = *config_stream(B.cfg, name);
 	s->conf.next = NULL;
 	s->m.name = s->name;
@@ -467,6 +471,19 @@ group_get(struct stream *s, const char *name)
 	return g;
 }
 
+/* On a cluster the reader connects to its stream's master, wherever the
+ * slot map says that is now. */
+static void
+group_reader_follow(struct group *g)
+{
+	char host[256];
+	int port;
+
+	if (g->reader != NULL && cluster_slot_addr(g->stream->slot, host, sizeof(host),
+	    &port) == 0)
+		redis_link_set_addr(g->reader, host, port);
+}
+
 /* The reader link exists while the group has subscriptions. */
 static int
 group_ensure_reader(struct group *g)
@@ -479,16 +496,10 @@ group_ensure_reader(struct group *g)
 	g->reader = redis_link_new(B.base, name, reader_state, g);
 	if (g->reader == NULL)
 		return -1;
-	if (cluster_enabled()) {
-		char host[256];
-		int port;
-		/* On the stream's master; broker_map_changed starts it when
-		 * none is known yet. */
-		if (cluster_slot_addr(g->stream->slot, host, sizeof(host), &port) == 0)
-			redis_link_set_addr(g->reader, host, port);
-		return 0;
-	}
-	redis_link_start(g->reader);
+	if (cluster_enabled())
+		group_reader_follow(g);	/* or once a master is known */
+	else
+		redis_link_start(g->reader);
 	return 0;
 }
 
@@ -929,6 +940,8 @@ read_done(redisReply *r, void *arg)
 		else	/* MOVED, ASK, CLUSTERDOWN: the slot moves or has no master */
 			cluster_refresh_soon();
 		free(consumer);
+		if (g->nsubs == 0 || B.stopping)
+			group_drop_reader(g);
 		return;		/* the next tick reads again: no loop of errors */
 	} else if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
 	    r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements >= 2 &&
@@ -1353,7 +1366,7 @@ pub_send_xadd(struct redis_link *l, redis_cb *cb, struct conn *c, struct stream 
 	argv[n] = s->key; argvlen[n++] = strlen(s->key);
 	argv[n] = "*"; argvlen[n++] = 1;
 	n += pub_fields(c, m, argv + n, argvlen + n);
-	return redis_cmd_argv(l, cb, p, n, argv, argvlen);
+	return redis_cmd_argv_ordered(l, cb, p, n, argv, argvlen);
 }
 
 /* Batches and msgid dedup: one atomic script call. */
@@ -1401,7 +1414,7 @@ pub_send_script(struct redis_link *l, redis_cb *cb, struct conn *c, struct strea
 		argv[at] = nfs[i]; argvlen[at] = strlen(nfs[i]);
 		argc += k;
 	}
-	rc = broker_script_on(l, cb, p, (int)(1 + nmsgid), (int)argc, argv, argvlen);
+	rc = broker_script_on(l, 1, cb, p, (int)(1 + nmsgid), (int)argc, argv, argvlen);
 out:
 	for (size_t i = 0; dedup != NULL && i < req->nmsgs; i++)
 		free(dedup[i]);
@@ -1530,6 +1543,10 @@ broker_own(struct group *g, const char *consumer, const char *from, redis_cb *cb
 	const char *argv[] = { g->stream->key, g->owners_key, "own", g->name, consumer,
 	    B.me, from, stream_live_prefix(g->stream) };
 
+	/* A stream new to us has no liveness key of ours yet: set it before
+	 * the name is ours, or another daemon would take us for dead. */
+	if (cluster_enabled())
+		stream_live_set(g->stream);
 	return broker_script(g->stream, cb, arg, 2, 8, argv, NULL);
 }
 
@@ -1620,12 +1637,12 @@ broker_sub(struct conn *c, uint64_t seq, struct proto_request *req)
 		    (unsigned long long)c->id);
 		consumer = defname;
 	}
-	if ((st = stream_get(req->stream)) == NULL || (g = group_get(st, req->group)) == NULL) {
-		reply_error(c, seq, req->rid, "overloaded", "out of memory");
+	if (!redis_link_up(broker_link_for(req->stream))) {
+		reply_error(c, seq, req->rid, "unavailable", "Redis is not reachable");
 		return;
 	}
-	if (!redis_link_up(stream_cmd(st))) {
-		reply_error(c, seq, req->rid, "unavailable", "Redis is not reachable");
+	if ((st = stream_get(req->stream)) == NULL || (g = group_get(st, req->group)) == NULL) {
+		reply_error(c, seq, req->rid, "overloaded", "out of memory");
 		return;
 	}
 	if (group_consumer_live(g, consumer)) {
@@ -2026,7 +2043,7 @@ stats_query(struct pending *p, const char *name)
 		}
 		*sp = (struct stats_part){ p, entry, stream_find(name), f };
 		p->waiting++;
-		if (redis_cmd_argv(broker_link_for(key), stats_done, sp, argcs[f], cmds[f],
+		if (redis_cmd_argv(broker_link_for(name), stats_done, sp, argcs[f], cmds[f],
 		    NULL) != 0) {
 			p->waiting--;
 			free(sp);
@@ -2168,21 +2185,38 @@ group_reap(struct group *g, int grace_over)
 	free(argv);
 }
 
-/* Our liveness record: one key, or on a cluster one in the slot of each
- * stream (the scripts that read it touch only that slot) whose master is
- * l (every stream: l NULL). */
+/* Our liveness record where the owners of s's consumers are checked: the
+ * one key (s NULL), or on a cluster the key in s's slot (scripts touch only
+ * that slot). */
+static void
+stream_live_set(const struct stream *s)
+{
+	redis_cmd(s != NULL ? stream_cmd(s) : B.cmd, NULL, NULL, "SET %s%s %d PX %d",
+	    s != NULL ? s->live_prefix : B.live_prefix, B.me, (int)getpid(),
+	    BROKER_LIVE_TTL_MS);
+}
+
+static int
+stream_has_subs(const struct stream *s)
+{
+	for (const struct group *g = s->groups; g != NULL; g = g->next)
+		if (g->nsubs > 0)
+			return 1;
+	return 0;
+}
+
+/* Our liveness records: the one key, or on a cluster one per stream we
+ * hold consumers of, whose master is l (every master: l NULL). */
 static void
 broker_live_set(struct redis_link *l)
 {
 	if (!cluster_enabled()) {
-		redis_cmd(B.cmd, NULL, NULL, "SET %s%s %d PX %d", B.live_prefix, B.me,
-		    (int)getpid(), BROKER_LIVE_TTL_MS);
+		stream_live_set(NULL);
 		return;
 	}
 	for (struct stream *s = B.streams; s != NULL; s = s->next)
-		if (l == NULL || stream_cmd(s) == l)
-			redis_cmd(stream_cmd(s), NULL, NULL, "SET %s%s %d PX %d", s->live_prefix,
-			    B.me, (int)getpid(), BROKER_LIVE_TTL_MS);
+		if ((l == NULL || stream_cmd(s) == l) && stream_has_subs(s))
+			stream_live_set(s);
 }
 
 /* Our liveness records, then the consumers of daemons without one. */
@@ -2336,7 +2370,7 @@ broker_dead_letters(struct conn *c, uint64_t seq, struct proto_request *req)
 	char count[24], limit[24], now[24];
 	char *key = broker_key(req->stream, ""), *dlq_key = broker_key(req->stream, ":dlq");
 	struct { const char *key, *dlq_key; } keys = { key, dlq_key }, *st = &keys;
-	struct redis_link *l = key != NULL ? broker_link_for(key) : NULL;
+	struct redis_link *l = broker_link_for(req->stream);
 	int rc;
 
 	if (key == NULL || dlq_key == NULL || (p = pending_new(c, seq, req->rid)) == NULL) {
@@ -2545,20 +2579,26 @@ broker_tick(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+static void
+broker_unpark_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	pub_unpark(UNPARK_SEND);
+}
+
 /* Slots moved (failover, resharding): readers follow their stream's
- * master, and pubs parked for want of a master may go now. */
+ * master, and pubs parked for want of a master may go, after the loop
+ * turn: a command being redirected right now was sent before them. */
 static void
 broker_map_changed(void)
 {
-	char host[256];
-	int port;
-
 	for (struct stream *s = B.streams; s != NULL; s = s->next)
 		for (struct group *g = s->groups; g != NULL; g = g->next)
-			if (g->reader != NULL && cluster_slot_addr(s->slot, host, sizeof(host),
-			    &port) == 0)
-				redis_link_set_addr(g->reader, host, port);
-	pub_unpark(UNPARK_SEND);
+			group_reader_follow(g);
+	if (B.parked != NULL)
+		event_active(B.unpark_ev, EV_TIMEOUT, 0);
 }
 
 static void durable_state(struct redis_link *l, int up, void *arg);
@@ -2597,7 +2637,9 @@ broker_init(struct event_base *base, const struct config *cfg)
 		return -1;
 	B.tick = event_new(base, -1, EV_PERSIST, broker_tick, NULL);
 	B.wait_ev = event_new(base, -1, 0, wait_flush, NULL);
-	if (B.wait_ev == NULL || B.tick == NULL || event_add(B.tick, &tv) != 0)
+	B.unpark_ev = event_new(base, -1, 0, broker_unpark_cb, NULL);
+	if (B.wait_ev == NULL || B.unpark_ev == NULL || B.tick == NULL ||
+	    event_add(B.tick, &tv) != 0)
 		return -1;
 	/* Declared streams exist from the start (stats, metrics). */
 	for (const struct stream_conf *sc = cfg->streams; sc != NULL; sc = sc->next)
@@ -2691,6 +2733,8 @@ broker_free(void)
 	wait_flush(-1, 0, NULL);	/* answers what still waits (link freed below) */
 	if (B.wait_ev != NULL)
 		event_free(B.wait_ev);
+	if (B.unpark_ev != NULL)
+		event_free(B.unpark_ev);
 	for (s = B.streams; s != NULL; s = s->next)
 		for (g = s->groups; g != NULL; g = g->next)
 			group_drop_reader(g);

@@ -4,9 +4,10 @@
  * answer, a master's link lost).  It talks to a seed or a known master,
  * moving on to the next when the one it has does not answer.
  *
- * Nodes are kept until exit (at most CLUSTER_MAX_NODES addresses); the
- * links of a node that serves no slot are stopped, not freed, so that
- * nothing holding one (a WAIT batch) is left with a dangling pointer.
+ * Nodes and their links are kept until exit (at most CLUSTER_MAX_NODES):
+ * the links of a node that serves no slot are stopped, not freed, so that
+ * nothing holding one (a WAIT batch) is left with a dangling pointer, and
+ * such a node is given the address of a new one when the table is full.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -19,10 +20,12 @@
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
+#include "util.h"
 
 #define CLUSTER_MAX_NODES      64
 #define CLUSTER_REFRESH_MS     5000	/* map re-read, in case a change went unseen */
 #define CLUSTER_SOON_MS        200	/* after a sign of change; also the retry pace */
+#define CLUSTER_ASK_TIMEOUT_MS 1000	/* CLUSTER SLOTS unanswered: try another node */
 
 struct cluster_node {
 	char               host[256];
@@ -45,6 +48,8 @@ static struct {
 	int                    ctl_next;	/* next address to try */
 	int                    ctl_misses;	/* ticks the ctl link was down */
 	int                    asking;		/* CLUSTER SLOTS in flight */
+	uint64_t               asked_ns;
+	int                    masters;		/* in the map */
 	int                    soon;		/* a refresh is wanted */
 	struct event          *timer;
 	int                    on;
@@ -140,26 +145,51 @@ cluster_node_links(struct cluster_node *n)
 	}
 }
 
-/* The node at host:port, added if new; -1 when the table is full. */
+/* A free entry: a new one, or one that serves no slot and has nothing in
+ * flight (its links move to the new address); -1 when none. */
+static int
+cluster_node_free_entry(void)
+{
+	if (C.nnodes < CLUSTER_MAX_NODES) {
+		memset(&C.nodes[C.nnodes], 0, sizeof(C.nodes[0]));
+		return C.nnodes++;
+	}
+	for (int i = 0; i < C.nnodes; i++)
+		if (!C.nodes[i].in_map && redis_link_inflight(C.nodes[i].cmd) == 0 &&
+		    redis_link_inflight(C.nodes[i].durable) == 0)
+			return i;
+	return -1;
+}
+
+/* The node at host:port, added if new; -1 when it cannot be. */
 static int
 cluster_node_index(const char *host, int port)
 {
 	struct cluster_node *n;
+	int i;
 
-	for (int i = 0; i < C.nnodes; i++)
+	for (i = 0; i < C.nnodes; i++)
 		if (C.nodes[i].port == port && strcmp(C.nodes[i].host, host) == 0)
 			return i;
-	if (C.nnodes == CLUSTER_MAX_NODES || strlen(host) >= sizeof(n->host)) {
-		log_err("cluster", 0, "%s:%d: too many nodes (at most %d); ignored", host, port,
+	if (strlen(host) >= sizeof(n->host)) {
+		log_err("cluster", 0, "node address too long: %.64s...; ignored", host);
+		return -1;
+	}
+	if ((i = cluster_node_free_entry()) < 0) {
+		log_err("cluster", 0, "%s:%d: %d nodes serve slots already; ignored", host, port,
 		    CLUSTER_MAX_NODES);
 		return -1;
 	}
-	n = &C.nodes[C.nnodes];
-	memset(n, 0, sizeof(*n));
+	n = &C.nodes[i];
 	snprintf(n->host, sizeof(n->host), "%s", host);
 	n->port = port;
+	n->in_map = 1;	/* taken: not reused again before the map is applied */
+	if (n->cmd != NULL)
+		redis_link_set_addr(n->cmd, host, port);
+	if (n->durable != NULL)
+		redis_link_set_addr(n->durable, host, port);
 	log_info("cluster", 0, "node %s:%d", host, port);
-	return C.nnodes++;
+	return i;
 }
 
 static struct cluster_node *
@@ -245,6 +275,22 @@ cluster_parse_range(const redisReply *e, int16_t *map)
 	return 0;
 }
 
+/* The control link's next address: the seeds, then the masters known.
+ * Called from the control link's own callbacks too: the reset is
+ * deferred by hiredis there. */
+static void
+cluster_ctl_rotate(void)
+{
+	int total = C.nseeds + C.nnodes, i = C.ctl_next++ % total;
+	const char *host = i < C.nseeds ? C.seeds[i].host : C.nodes[i - C.nseeds].host;
+	int port = i < C.nseeds ? C.seeds[i].port : C.nodes[i - C.nseeds].port;
+
+	C.ctl_misses = 0;
+	C.asking = 0;
+	redis_link_reset(C.ctl, "asking another node for the slot map");
+	redis_link_set_addr(C.ctl, host, port);
+}
+
 static void
 cluster_apply(const int16_t *map)
 {
@@ -260,6 +306,7 @@ cluster_apply(const int16_t *map)
 		masters += C.nodes[i].in_map;
 		cluster_node_links(&C.nodes[i]);
 	}
+	C.masters = masters;
 	metrics.cluster_nodes = (uint64_t)masters;
 	if (!C.known)
 		log_info("cluster", 0, "slot map read: %d masters", masters);
@@ -278,11 +325,13 @@ cluster_slots_done(redisReply *r, void *arg)
 
 	(void)arg;
 	C.asking = 0;
-	if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements == 0) {
+		/* An empty map: a node not (yet) in a cluster.  Ask another. */
 		log_warn("cluster", 0, "CLUSTER SLOTS: %s", r == NULL ? "connection lost" :
-		    r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-		if (C.ctl != NULL)
-			redis_link_reset(C.ctl, "no slot map");
+		    r->type == REDIS_REPLY_ERROR ? r->str : r->type == REDIS_REPLY_ARRAY ?
+		    "no slot served" : "unexpected reply");
+		if (r != NULL)
+			cluster_ctl_rotate();
 		return;
 	}
 	metrics.cluster_refreshes++;
@@ -301,17 +350,6 @@ cluster_slots_done(redisReply *r, void *arg)
 	cluster_apply(map);
 }
 
-/* The control link's next address: the seeds, then the masters known. */
-static void
-cluster_ctl_rotate(void)
-{
-	int total = C.nseeds + C.nnodes, i = C.ctl_next++ % total;
-	const char *host = i < C.nseeds ? C.seeds[i].host : C.nodes[i - C.nseeds].host;
-	int port = i < C.nseeds ? C.seeds[i].port : C.nodes[i - C.nseeds].port;
-
-	C.ctl_misses = 0;
-	redis_link_set_addr(C.ctl, host, port);
-}
 
 static void
 cluster_ctl_state(struct redis_link *l, int up, void *arg)
@@ -333,11 +371,16 @@ cluster_tick(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
-	if (redis_link_up(C.ctl)) {
-		if (!C.asking && redis_cmd_argv(C.ctl, cluster_slots_done, NULL, 2, argv, NULL) == 0)
+	if (C.asking && util_now_ns() - C.asked_ns > CLUSTER_ASK_TIMEOUT_MS * 1000000ull) {
+		log_warn("cluster", 0, "CLUSTER SLOTS unanswered for %d ms", CLUSTER_ASK_TIMEOUT_MS);
+		cluster_ctl_rotate();	/* a hung node: the one a failover replaces */
+	} else if (redis_link_up(C.ctl)) {
+		if (!C.asking && redis_cmd_argv(C.ctl, cluster_slots_done, NULL, 2, argv, NULL) == 0) {
 			C.asking = 1;
+			C.asked_ns = util_now_ns();
+		}
 	} else if (++C.ctl_misses >= 3)
-		cluster_ctl_rotate();	/* about 600 ms without an answer */
+		cluster_ctl_rotate();	/* about 600 ms without a connection */
 	cluster_schedule(C.soon || !C.known ? CLUSTER_SOON_MS : CLUSTER_REFRESH_MS);
 }
 
@@ -376,8 +419,13 @@ cluster_start(struct event_base *base, const struct config *cfg,
 	}
 	C.ctl = redis_link_new(base, "cluster", cluster_ctl_state, NULL);
 	C.timer = evtimer_new(base, cluster_tick, NULL);
-	if (C.ctl == NULL || C.timer == NULL)
+	if (C.ctl == NULL || C.timer == NULL) {
+		redis_link_free(C.ctl);
+		if (C.timer != NULL)
+			event_free(C.timer);
+		memset(&C, 0, sizeof(C));
 		return -1;
+	}
 	C.on = 1;
 	log_info("cluster", 0, "reading the slot map from %d seed nodes", C.nseeds);
 	cluster_ctl_rotate();
@@ -390,7 +438,9 @@ cluster_stop(void)
 {
 	if (!C.on)
 		return;
+	C.on = 0;	/* NULL answers below must not re-arm the timer */
 	event_free(C.timer);
+	C.timer = NULL;
 	redis_link_free(C.ctl);
 	for (int i = 0; i < C.nnodes; i++) {
 		redis_link_free(C.nodes[i].cmd);
@@ -412,7 +462,7 @@ cluster_want_durable(void)
 int
 cluster_up(void)
 {
-	if (!C.known)
+	if (!C.known || C.masters == 0)
 		return 0;
 	for (int i = 0; i < C.nnodes; i++)
 		if (C.nodes[i].in_map && !redis_link_up(C.nodes[i].cmd))

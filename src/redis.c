@@ -37,6 +37,8 @@ struct redis_link {
 	char               host[256];	/* own address; "" = the shared one */
 	int                port;
 	redis_redirect_cb *redirect;	/* cluster: where MOVED/ASK lead */
+	struct redis_call *retry, **retry_tail;	/* answered TRYAGAIN, waiting */
+	struct event      *retry_ev;
 };
 
 struct redis_call {
@@ -47,6 +49,8 @@ struct redis_call {
 	size_t             cmd_len;
 	int                hops, tries;
 	int                asking;	/* sent after ASKING (an ASK answer) */
+	int                ordered;	/* never retried: later ones would overtake it */
+	struct redis_call *next;	/* in its link's retry list */
 };
 
 static struct redis_settings {
@@ -80,6 +84,8 @@ redis_call_new(struct redis_link *l, redis_cb *cb, void *arg)
 		call->hops = 0;
 		call->tries = 0;
 		call->asking = 0;
+		call->ordered = 0;
+		call->next = NULL;
 	}
 	return call;
 }
@@ -95,7 +101,13 @@ redis_call_free(struct redis_call *call)
 }
 
 static void redis_schedule(struct redis_link *l, long ms);
-static void redis_lost(struct redis_link *l, const char *why);
+static void redis_disconnect(struct redis_link *l, const char *why, int deliberate);
+
+static void
+redis_lost(struct redis_link *l, const char *why)
+{
+	redis_disconnect(l, why, 0);
+}
 
 /* Where l connects: its own address, else the shared one. */
 static const char *
@@ -184,19 +196,38 @@ redis_set_state(struct redis_link *l, enum redis_state st)
 static int redis_follow(struct redis_call *call, const redisReply *r);
 static int redis_try_again(struct redis_call *call, const redisReply *r);
 
+/* Commands sent and not yet answered (retries waiting count too, so that
+ * a graceful stop waits for them). */
+static void
+redis_inflight(struct redis_link *l, int more)
+{
+	if (more) {
+		l->inflight++;
+		metrics.redis_inflight++;
+	} else {
+		l->inflight--;
+		metrics.redis_inflight--;
+	}
+}
+
+static void
+redis_answer(struct redis_call *call, redisReply *r)
+{
+	redis_inflight(call->link, 0);
+	if (call->cb != NULL)
+		call->cb(r, call->arg);
+	redis_call_free(call);
+}
+
 static void
 redis_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 {
 	struct redis_call *call = privdata;
 
 	(void)ac;
-	call->link->inflight--;
-	metrics.redis_inflight--;
 	if (call->cmd != NULL && (redis_follow(call, r) == 0 || redis_try_again(call, r) == 0))
 		return;		/* sent on to the node that has the slot, or later */
-	if (call->cb != NULL)
-		call->cb(r, call->arg);
-	redis_call_free(call);
+	redis_answer(call, r);
 }
 
 /* Queue a formatted command on l; the call is answered through
@@ -208,51 +239,62 @@ redis_send_formatted(struct redis_link *l, struct redis_call *call, const char *
 	if (redisAsyncFormattedCommand(l->ac, redis_reply_cb, call, cmd, len) != REDIS_OK)
 		return -1;
 	call->link = l;
-	l->inflight++;
-	metrics.redis_inflight++;
+	redis_inflight(l, 1);
 	return 0;
 }
 
-/* A link that follows redirections keeps each command it sends. */
+/* Send cmd (len bytes, or len < 0: formatting failed) for call.  A link
+ * that follows redirections keeps the command until it is answered;
+ * hiredis has its own copy otherwise. */
+static int
+redis_queue(struct redis_link *l, struct redis_call *call, char *cmd, int len)
+{
+	int rc = -1;
+
+	if (len >= 0 && l->redirect != NULL) {
+		call->cmd = cmd;
+		call->cmd_len = (size_t)len;
+		cmd = NULL;
+	}
+	if (len >= 0)
+		rc = redis_send_formatted(l, call, call->cmd != NULL ? call->cmd : cmd,
+		    (size_t)len);
+	redisFreeCommand(cmd);
+	if (rc != 0)
+		redis_call_free(call);
+	return rc;
+}
+
+/* Also during the handshake: callers check the state. */
 static int
 redis_send(struct redis_link *l, redis_cb *cb, void *arg, int argc,
-    const char **argv, const size_t *argvlen)
+    const char **argv, const size_t *argvlen, int ordered)
 {
 	struct redis_call *call;
 	char *cmd = NULL;
-	int len;
 
 	if (l->ac == NULL || (call = redis_call_new(l, cb, arg)) == NULL)
 		return -1;
-	if (l->redirect == NULL) {
-		if (redisAsyncCommandArgv(l->ac, redis_reply_cb, call, argc, argv, argvlen) != REDIS_OK) {
-			redis_call_free(call);
-			return -1;
-		}
-		l->inflight++;
-		metrics.redis_inflight++;
-		return 0;
-	}
-	if ((len = redisFormatCommandArgv(&cmd, argc, argv, argvlen)) < 0) {
-		redis_call_free(call);
-		return -1;
-	}
-	call->cmd = cmd;
-	call->cmd_len = (size_t)len;
-	if (redis_send_formatted(l, call, cmd, (size_t)len) != 0) {
-		redis_call_free(call);
-		return -1;
-	}
-	return 0;
+	call->ordered = ordered;
+	return redis_queue(l, call, cmd, redisFormatCommandArgv(&cmd, argc, argv, argvlen));
 }
 
 int
 redis_cmd_argv(struct redis_link *l, redis_cb *cb, void *arg, int argc,
     const char **argv, const size_t *argvlen)
 {
-	if (l == NULL || l->state != REDIS_UP)
+	if (!redis_link_up(l))
 		return -1;
-	return redis_send(l, cb, arg, argc, argv, argvlen);
+	return redis_send(l, cb, arg, argc, argv, argvlen, 0);
+}
+
+int
+redis_cmd_argv_ordered(struct redis_link *l, redis_cb *cb, void *arg, int argc,
+    const char **argv, const size_t *argvlen)
+{
+	if (!redis_link_up(l))
+		return -1;
+	return redis_send(l, cb, arg, argc, argv, argvlen, 1);
 }
 
 int
@@ -268,23 +310,7 @@ redis_cmd(struct redis_link *l, redis_cb *cb, void *arg, const char *fmt, ...)
 	va_start(ap, fmt);
 	len = redisvFormatCommand(&cmd, fmt, ap);
 	va_end(ap);
-	if (len < 0) {
-		redis_call_free(call);
-		return -1;
-	}
-	if (l->redirect != NULL) {
-		call->cmd = cmd;
-		call->cmd_len = (size_t)len;
-	}
-	if (redis_send_formatted(l, call, cmd, (size_t)len) != 0) {
-		if (call->cmd == NULL)
-			redisFreeCommand(cmd);
-		redis_call_free(call);
-		return -1;
-	}
-	if (call->cmd == NULL)
-		redisFreeCommand(cmd);	/* hiredis copied it */
-	return 0;
+	return redis_queue(l, call, cmd, len);
 }
 
 /* "MOVED 3999 127.0.0.1:6381" or "ASK 3999 127.0.0.1:6381": the slot and
@@ -309,8 +335,8 @@ redis_parse_redirect(const redisReply *r, int *ask, int *slot, char *host,
 		return -1;
 	*slot = (int)n;
 	p = end + 1;
-	if ((colon = strrchr(p, ':')) == NULL || (size_t)(colon - p) >= hostlen)
-		return -1;
+	if ((colon = strrchr(p, ':')) == NULL || colon == p || (size_t)(colon - p) >= hostlen)
+		return -1;	/* no host (unknown endpoint): follow the next map instead */
 	memcpy(host, p, (size_t)(colon - p));
 	host[colon - p] = '\0';
 	n = strtol(colon + 1, &end, 10);
@@ -330,42 +356,72 @@ redis_send_asking(struct redis_link *l)
 	    REDIS_OK ? 0 : -1;
 }
 
-/* The TRYAGAIN wait is over: send again where it was sent.  It stayed
- * counted in flight meanwhile, so a graceful stop waits for it. */
+/* A retry that cannot be sent is answered as Redis last answered it:
+ * nothing was done. */
+static void
+redis_answer_tryagain(struct redis_call *call)
+{
+	static char msg[] = "TRYAGAIN the slot's keys are still split between two nodes";
+	redisReply r = { .type = REDIS_REPLY_ERROR, .str = msg, .len = sizeof(msg) - 1 };
+
+	redis_answer(call, &r);
+}
+
+/* The TRYAGAIN wait is over: send again, in the order they were answered,
+ * where they were sent. */
 static void
 redis_retry_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct redis_call *call = arg;
-	struct redis_link *l = call->link;
+	struct redis_link *l = arg;
+	struct redis_call *call, *list = l->retry;
 
 	(void)fd;
 	(void)what;
-	if (l->state == REDIS_UP && (!call->asking || redis_send_asking(l) == 0) &&
-	    redisAsyncFormattedCommand(l->ac, redis_reply_cb, call, call->cmd,
-	    call->cmd_len) == REDIS_OK)
-		return;
-	l->inflight--;
-	metrics.redis_inflight--;
-	if (call->cb != NULL)
-		call->cb(NULL, call->arg);	/* as if lost in flight */
-	redis_call_free(call);
+	l->retry = NULL;
+	l->retry_tail = &l->retry;
+	while ((call = list) != NULL) {
+		list = call->next;
+		call->next = NULL;
+		if (l->state != REDIS_UP || (call->asking && redis_send_asking(l) != 0) ||
+		    redisAsyncFormattedCommand(l->ac, redis_reply_cb, call, call->cmd,
+		    call->cmd_len) != REDIS_OK)
+			redis_answer_tryagain(call);
+	}
+}
+
+/* Retries still waiting when their link closes for good. */
+static void
+redis_retry_cancel(struct redis_link *l)
+{
+	struct redis_call *call;
+
+	event_del(l->retry_ev);
+	while ((call = l->retry) != NULL) {
+		l->retry = call->next;
+		redis_answer_tryagain(call);
+	}
+	l->retry_tail = &l->retry;
 }
 
 /* TRYAGAIN: a multi-key command while its slot migrates and its keys are
- * split between the nodes.  Nothing was done; wait for the move to end. */
+ * split between the nodes.  Nothing was done; wait for the move to end,
+ * unless the command is ordered (a pub: one sent after it would be stored
+ * first). */
 static int
 redis_try_again(struct redis_call *call, const redisReply *r)
 {
 	struct redis_link *l = call->link;
 	struct timeval tv = { 0, REDIS_TRYAGAIN_MS * 1000 };
 
-	if (!redis_reply_error_is(r, "TRYAGAIN") || call->tries >= REDIS_TRYAGAIN_MAX ||
-	    event_base_once(l->base, -1, EV_TIMEOUT, redis_retry_cb, call, &tv) != 0)
+	if (!redis_reply_error_is(r, "TRYAGAIN") || call->ordered ||
+	    call->tries >= REDIS_TRYAGAIN_MAX)
+		return -1;
+	if (!event_pending(l->retry_ev, EV_TIMEOUT, NULL) && event_add(l->retry_ev, &tv) != 0)
 		return -1;
 	call->tries++;
-	l->inflight++;
-	metrics.redis_inflight++;
-	return 0;
+	*l->retry_tail = call;
+	l->retry_tail = &call->next;
+	return 0;	/* still counted in flight */
 }
 
 /* Send a command that was answered MOVED or ASK to the node named; 0 when
@@ -386,12 +442,15 @@ redis_follow(struct redis_call *call, const redisReply *r)
 		return -1;
 	if (ask && redis_send_asking(to) != 0)
 		return -1;
+	if (redis_send_formatted(to, call, call->cmd, call->cmd_len) != 0)
+		return -1;
+	redis_inflight(from, 0);	/* counted on to now */
 	call->asking = ask;
 	call->hops++;
 	metrics.redis_redirects++;
 	log_debug("redis", 0, "%s: %s slot %d to %s:%d", from->name, ask ? "ASK" : "MOVED",
 	    slot, host, port);
-	return redis_send_formatted(to, call, call->cmd, call->cmd_len);
+	return 0;
 }
 
 /* The handshake's last reply: PING answered means the server serves. */
@@ -437,20 +496,20 @@ redis_connected(const redisAsyncContext *ac, int status)
 	if (redis_settings.password != NULL) {
 		const char *argv[3] = { "AUTH", redis_settings.user, redis_settings.password };
 		if (redis_settings.user != NULL)
-			redis_send(l, redis_handshake_step, l, 3, argv, NULL);
+			redis_send(l, redis_handshake_step, l, 3, argv, NULL, 0);
 		else {
 			argv[1] = redis_settings.password;
-			redis_send(l, redis_handshake_step, l, 2, argv, NULL);
+			redis_send(l, redis_handshake_step, l, 2, argv, NULL, 0);
 		}
 	}
 	if (redis_settings.db != 0) {
 		const char *argv[2] = { "SELECT", db };
 		snprintf(db, sizeof(db), "%d", redis_settings.db);
-		redis_send(l, redis_handshake_step, l, 2, argv, NULL);
+		redis_send(l, redis_handshake_step, l, 2, argv, NULL, 0);
 	}
 	{
 		const char *argv[1] = { "PING" };
-		redis_send(l, redis_handshake_done, l, 1, argv, NULL);
+		redis_send(l, redis_handshake_done, l, 1, argv, NULL, 0);
 	}
 }
 
@@ -492,14 +551,18 @@ redis_backoff_ms(int failures)
 	return ms / 2 + random() % (ms / 2 + 1);
 }
 
+/* Drop the connection and reconnect later; deliberate: our doing (a new
+ * address, a stop), not a failure. */
 static void
-redis_lost(struct redis_link *l, const char *why)
+redis_disconnect(struct redis_link *l, const char *why, int deliberate)
 {
 	redisAsyncContext *ac = l->ac;
 
 	if (l->state == REDIS_CLOSED || l->state == REDIS_DOWN)
 		return;
-	if (l->state == REDIS_UP || l->failures == 0)
+	if (deliberate)
+		log_info("redis", 0, "%s: disconnecting: %s", l->name, why);
+	else if (l->state == REDIS_UP || l->failures == 0)
 		log_warn("redis", 0, "%s: connection lost: %s", l->name, why ? why : "?");
 	else
 		log_debug("redis", 0, "%s: connect failed: %s", l->name, why ? why : "?");
@@ -536,7 +599,13 @@ redis_link_new(struct event_base *base, const char *name, redis_state_cb *on_sta
 	l->arg = arg;
 	l->state = REDIS_DOWN;
 	l->timer = evtimer_new(base, redis_timer_cb, l);
-	if (l->timer == NULL) {
+	l->retry_ev = evtimer_new(base, redis_retry_cb, l);
+	l->retry_tail = &l->retry;
+	if (l->timer == NULL || l->retry_ev == NULL) {
+		if (l->timer != NULL)
+			event_free(l->timer);
+		if (l->retry_ev != NULL)
+			event_free(l->retry_ev);
 		free(l);
 		return NULL;
 	}
@@ -577,7 +646,7 @@ redis_link_start(struct redis_link *l)
 void
 redis_link_reset(struct redis_link *l, const char *why)
 {
-	redis_lost(l, why);
+	redis_disconnect(l, why, 1);
 }
 
 void
@@ -591,7 +660,7 @@ redis_link_set_addr(struct redis_link *l, const char *host, int port)
 	if (l->state == REDIS_DOWN)
 		redis_schedule(l, 0);
 	else if (l->state != REDIS_CLOSED)
-		redis_lost(l, "moved to another server");
+		redis_disconnect(l, "moving to another server", 1);
 }
 
 int
@@ -614,7 +683,7 @@ redis_link_stop(struct redis_link *l)
 		event_del(l->timer);
 		return;
 	}
-	redis_lost(l, "no longer needed");
+	redis_disconnect(l, "no longer needed", 1);
 	event_del(l->timer);
 	l->failures = 0;
 }
@@ -647,6 +716,8 @@ redis_link_free(struct redis_link *l)
 		ac->onDisconnect = NULL;
 		redisAsyncFree(ac);
 	}
+	redis_retry_cancel(l);
+	event_free(l->retry_ev);
 	event_free(l->timer);
 	l->timer = NULL;
 	/* hiredis defers the free when called from one of its callbacks, and
@@ -674,7 +745,7 @@ redis_set_master(const char *host, int port)
 			l->failures = 0;
 			redis_schedule(l, 0);
 		} else
-			redis_lost(l, "master changed");
+			redis_disconnect(l, "master changed", 1);
 	}
 }
 
