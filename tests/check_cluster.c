@@ -42,26 +42,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Error replies of a kind (ASK, MOVED, TRYAGAIN) the node on port gave,
- * from INFO errorstats; 0 when not listed. */
-static long long r_errorstat(int port, const char *kind)
-{
-    char *name = h_fmt("errorstat_%s", kind);
-    redisReply *r = h_redis_at(port, "INFO errorstats");
-    long long v = 0;
-    if (r && r->type == REDIS_REPLY_STRING) {
-        char *want = h_fmt("%s:count=", name);
-        const char *p = strstr(r->str, want);
-        if (p)
-            v = atoll(p + strlen(want));
-        free(want);
-    }
-    if (r)
-        freeReplyObject(r);
-    free(name);
-    return v;
-}
-
 /* -------------------------------------------------------------- basic */
 
 #define B_N       20           /* events per stream */
@@ -461,8 +441,8 @@ START_TEST(t_reshard)
     const char *kinds[] = { "ASK", "MOVED", "TRYAGAIN" };
     long long before[2][3];
     for (int k = 0; k < 3; k++) {
-        before[0][k] = r_errorstat(CL.port[m->src], kinds[k]);
-        before[1][k] = r_errorstat(CL.port[m->dst], kinds[k]);
+        before[0][k] = cl_errorstat(CL.port[m->src], kinds[k]);
+        before[1][k] = cl_errorstat(CL.port[m->dst], kinds[k]);
     }
     traffic t;
     run_traffic(&t, "rs", "ack_timeout_ms = 2000\n"
@@ -478,8 +458,8 @@ START_TEST(t_reshard)
         after_ok += t.w.okd[i];
     long long seen[2][3];
     for (int k = 0; k < 3; k++) {
-        seen[0][k] = r_errorstat(CL.port[m->src], kinds[k]) - before[0][k];
-        seen[1][k] = r_errorstat(CL.port[m->dst], kinds[k]) - before[1][k];
+        seen[0][k] = cl_errorstat(CL.port[m->src], kinds[k]) - before[0][k];
+        seen[1][k] = cl_errorstat(CL.port[m->dst], kinds[k]) - before[1][k];
     }
     char *fig = traffic_figures(&t);
     fprintf(stderr, "check_cluster: reshard: slot %d from port %d to %d: started at %lld ms, "

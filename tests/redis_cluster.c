@@ -220,6 +220,22 @@ long long cl_wait_ok(int ms)
     return -1;
 }
 
+long long cl_errorstat(int port, const char *kind)
+{
+    char *want = h_fmt("errorstat_%s:count=", kind);
+    redisReply *r = h_redis_at(port, "INFO errorstats");
+    long long v = 0;
+    if (r && r->type == REDIS_REPLY_STRING) {
+        const char *p = strstr(r->str, want);
+        if (p)
+            v = atoll(p + strlen(want));
+    }
+    if (r)
+        freeReplyObject(r);
+    free(want);
+    return v;
+}
+
 /* ------------------------------------------------------------- nodes */
 
 /* 1 if a listening socket could take 127.0.0.1:port now (as Redis binds:

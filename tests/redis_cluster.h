@@ -57,6 +57,9 @@ int  cl_topology(void);
 /* Waits (bounded) until every node up says cluster_state:ok with all
  * slots assigned and none failing; returns the ms it took or -1. */
 long long cl_wait_ok(int ms);
+/* Error replies of a kind (ASK, MOVED, TRYAGAIN) the node on port gave,
+ * from INFO errorstats; 0 when not listed. */
+long long cl_errorstat(int port, const char *kind);
 /* Restarts node i on the same port and directory (its AOF and nodes.conf). */
 void cl_node_restart(int i);
 

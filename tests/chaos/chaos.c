@@ -2,10 +2,10 @@
  * chaos.c: fault injection against the real streambusd and redis-server
  * ("make chaos", "make chaos-short").
  *
- * Five scenarios, each a Check test case run in its own forked child with
- * its own redis-server (AOF, appendfsync always, so that a Redis killed
- * with -9 and restarted keeps every write it answered) and its own
- * streambusd(s), on free loopback ports (tests/harness.c):
+ * Seven scenarios, each a Check test case run in its own forked child with
+ * its own streambusd(s) on free loopback ports (tests/harness.c).  The
+ * first five have their own redis-server (AOF, appendfsync always, so that
+ * a Redis killed with -9 and restarted keeps every write it answered):
  *
  *   consumer_kill  consumers that hold unacknowledged deliveries stop
  *                  acking and are closed abruptly (half of them with a TCP
@@ -22,6 +22,38 @@
  *   sigterm        streambusd is stopped with SIGTERM mid-traffic: it must
  *                  exit 0 and send {"op":"bye","reason":"shutdown"} to every
  *                  client, then it is restarted.
+ *
+ * The last two have a Redis Cluster of three masters with a replica each
+ * instead (tests/redis_cluster.c: AOF, appendfsync always,
+ * cluster-node-timeout 2000); the daemon names the six nodes in
+ * redis.cluster and the stream's keys are hash-tagged, sb:{S}, sb:{S}:dlq,
+ * sb:{S}:dedup:<msgid>:
+ *
+ *   cluster_failover  the master of the stream's slot is killed with
+ *                  SIGKILL; the cluster promotes its replica; the killed
+ *                  node is restarted on its port and directory 2 s after the
+ *                  promotion and comes back as a replica of the new master.
+ *                  The stream has durability = replicas:1: Redis replication
+ *                  is asynchronous, and a write the master answered but had
+ *                  not sent to its replica when it died is not on the
+ *                  promoted replica; WAIT (replicas:1) answers ok only once
+ *                  the replica has it.  With durability = redis such a loss
+ *                  is the documented failover window, not a bug.  From the
+ *                  promotion until the old master is an online replica again,
+ *                  replicas:1 pubs are answered indeterminate and retried.
+ *   cluster_reshard  the stream's slot is moved under traffic to another
+ *                  master, by hand as in check_cluster's reshard (IMPORTING,
+ *                  MIGRATING, MIGRATE of the other keys in batches, the stream
+ *                  key, the rest, SETSLOT NODE) in about 1.5 s: the daemon
+ *                  meets ASK and TRYAGAIN (Redis answers TRYAGAIN to every
+ *                  pub with a new msgid from MIGRATING to SETSLOT NODE: its
+ *                  dedup key is missing) and maybe MOVED.
+ *
+ * In both, the accounting reads the slot's master once the cluster is ok
+ * again.  Their faults repeat every 15 s of traffic (at least once); the
+ * next failover kills the new master.  The time from a fault (the kill; for
+ * a reshard, MIGRATING) to the first pub, sent after it, answered ok is
+ * reported ("pubs ok again").
  *
  * All clients live in one single-threaded poll() loop over raw sockets.
  * Every event is numbered: data {"n":N}, msgid "m<N>".  Publishers keep a
@@ -56,6 +88,7 @@
  * that lost events are copied to /tmp/streambus-chaos-<scenario>-<pid>/.
  */
 #include "harness.h"
+#include "redis_cluster.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -98,6 +131,15 @@
 /* two_daemons: an ack deadline far above 5 s, so that redeliveries after
  * the kill prove the dead daemon's consumers were released, not expired. */
 #define TWO_DAEMONS_ACK_TIMEOUT_MS 15000
+/* The cluster scenarios: one fault per this much traffic (at least one);
+ * the killed master comes back this long after its replica's promotion.
+ * A reshard moves the keys of the slot (a dedup key per pub) in about
+ * RESHARD_BATCHES MIGRATEs, RESHARD_PAUSE_MS apart, so that it lasts a
+ * second or two whatever their number, with traffic between the steps. */
+#define CLUSTER_FAULT_EVERY_S  15
+#define CLUSTER_RESTART_MS     2000
+#define RESHARD_BATCHES        20
+#define RESHARD_PAUSE_MS       50
 #define RBUF_MAX           (1u << 20)
 #define NOTES_MAX          8192
 
@@ -145,9 +187,12 @@ static int id_parse(const char *s, uint64_t *ms, uint32_t *seq)
 
 /* ---------------------------------------------------------------- state */
 
-enum { S_CONSUMER_KILL, S_DAEMON_KILL9, S_REDIS_RESTART, S_TWO_DAEMONS, S_SIGTERM, S_COUNT };
+enum { S_CONSUMER_KILL, S_DAEMON_KILL9, S_REDIS_RESTART, S_TWO_DAEMONS, S_SIGTERM,
+       S_CLUSTER_FAILOVER, S_CLUSTER_RESHARD, S_COUNT };
+#define S_FIRST_CLUSTER S_CLUSTER_FAILOVER      /* this one and the next: a cluster */
 static const char *scen_names[S_COUNT] = {
-    "consumer_kill", "daemon_kill9", "redis_restart", "two_daemons", "sigterm"
+    "consumer_kill", "daemon_kill9", "redis_restart", "two_daemons", "sigterm",
+    "cluster_failover", "cluster_reshard"
 };
 
 enum { R_PUB, R_CONS };
@@ -197,6 +242,7 @@ static struct {
     const char *name;
     char stream[64];
     char key[96], dlqkey[128];
+    int  cluster, slot;             /* a cluster scenario; the stream's slot */
     long cap, issued;
     /* per n */
     uint8_t  *st;
@@ -226,6 +272,9 @@ static struct {
     long long max_in_use_ms;
     long      rel_count, rel_slow;          /* redeliveries after a close */
     long long rel_max_ms, rel_limit_ms;
+    long long fault_mark;                   /* a fault struck, not recovered */
+    long      recoveries;                   /* pub ok again after a fault */
+    long long recover_max_ms;
     char notes[NOTES_MAX];
     size_t notes_len;
 } C;
@@ -233,6 +282,9 @@ static struct {
 static struct {
     int planned, done, state;
     long long next_at, t, t2;
+    int victim, heir;               /* cluster_failover: nodes */
+    cl_migration mg;                /* cluster_reshard, */
+    long long errs[2][3];           /* and its src's and dst's errorstats */
 } F;
 
 static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -280,18 +332,12 @@ static int chaos_redis_start(void)
     return -1;
 }
 
+/* The Redis that holds the stream: the only one, or in a cluster the
+ * master of its slot; NULL while none answers (or the nodes disagree). */
 static redisContext *redis_open(void)
 {
-    struct timeval tv = { 2, 0 };
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", H.redis_port, tv);
-    if (!c || c->err) {
-        if (c)
-            redisFree(c);
-        return NULL;
-    }
-    struct timeval ctv = { 10, 0 };
-    redisSetTimeout(c, ctv);
-    return c;
+    int port = C.cluster ? cl_owner(C.slot) : H.redis_port;
+    return port > 0 ? h_redis_open(port, 10000) : NULL;
 }
 
 /* Entries pending in group g (XPENDING summary), -1 on error. */
@@ -591,6 +637,20 @@ static void on_pub_reply(struct conn *c, long n, json_t *j)
     pub_retry_later(n);
 }
 
+/* A pub sent at sent was answered ok: the first since the fault struck
+ * ends it for the publishers. */
+static void fault_recovered(long long sent)
+{
+    if (!C.fault_mark || sent <= C.fault_mark)
+        return;
+    long long ms = mono() - C.fault_mark;
+    C.fault_mark = 0;
+    C.recoveries++;
+    if (ms > C.recover_max_ms)
+        C.recover_max_ms = ms;
+    note("pubs ok again %lld ms after the fault", ms);
+}
+
 static void on_sub_reply(struct conn *c, json_t *j)
 {
     long long now = mono();
@@ -718,6 +778,8 @@ static void on_line(struct conn *c, const char *line, size_t len)
         case P_PUB:
             c->npub--;
             on_pub_reply(c, p.n, j);
+            if (json_is_true(json_object_get(j, "ok")))
+                fault_recovered(p.t);
             break;
         case P_ACK:
             if (json_is_true(json_object_get(j, "ok"))) {
@@ -941,6 +1003,11 @@ static void fault_init(void)
     case S_REDIS_RESTART:
         F.planned = opt_seconds / 8 > 1 ? opt_seconds / 8 : 1;
         break;
+    case S_CLUSTER_FAILOVER:
+    case S_CLUSTER_RESHARD:
+        F.planned = opt_seconds / CLUSTER_FAULT_EVERY_S > 1 ?
+                    opt_seconds / CLUSTER_FAULT_EVERY_S : 1;
+        break;
     default:
         F.planned = opt_seconds / 10 > 1 ? opt_seconds / 10 : 1;
         break;
@@ -952,6 +1019,155 @@ static void fault_init(void)
 static int fault_busy(void)
 {
     return F.state != 0;
+}
+
+/* The index of the master of the stream's slot, -1 while the nodes
+ * disagree. */
+static int slot_master(void)
+{
+    int port = cl_owner(C.slot);
+    return port > 0 ? cl_idx_of_port(port) : -1;
+}
+
+static void fault_done(void)
+{
+    F.state = 0;
+    F.done++;
+    fault_schedule();
+}
+
+/* A fault's wait for the cluster, polled every 200 ms (F.t2: the last
+ * poll): 1 once cond holds; CL_WAIT_MS after the fault struck (F.t) the
+ * scenario fails, and 1 too, so that it goes on. */
+static int cluster_waited(long long now, int (*cond)(void), const char *what)
+{
+    if (now - F.t2 < 200)
+        return 0;
+    F.t2 = now;
+    if (cond())
+        return 1;
+    if (now - F.t < CL_WAIT_MS)
+        return 0;
+    note("%s: not within %d ms", what, CL_WAIT_MS);
+    C.failed = 1;
+    return 1;
+}
+
+static int heir_promoted(void)
+{
+    return cl_owner(C.slot) == CL.port[F.heir];
+}
+
+static int victim_replica_again(void)
+{
+    return h_replica_online(CL.port[F.heir], CL.port[F.victim]);
+}
+
+/* 0: at the planned time, SIGKILL to the slot's master (its replica must
+ * be online); 1: until the nodes name the replica as the slot's master;
+ * 2: CLUSTER_RESTART_MS after that (F.t2), the old master restarts on its
+ * port and directory; 3: until it is an online replica of the new master. */
+static void cluster_failover_step(long long now, int traffic)
+{
+    switch (F.state) {
+    case 0:
+        if (!traffic || F.done >= F.planned || now < F.next_at)
+            return;
+        F.victim = cl_topology() ? slot_master() : -1;
+        F.heir = F.victim >= 0 ? cl_replica_of(F.victim) : -1;
+        if (F.heir < 0 || !h_replica_online(CL.port[F.victim], CL.port[F.heir])) {
+            F.next_at = now + 500;      /* the last failover is not over */
+            return;
+        }
+        h_stop(&CL.node[F.victim], SIGKILL, 2000);
+        C.fault_mark = mono();
+        note("master of slot %d (:%d) killed with SIGKILL; its replica is :%d", C.slot,
+             CL.port[F.victim], CL.port[F.heir]);
+        C.faults++;
+        F.state = 1;
+        F.t = F.t2 = now;
+        break;
+    case 1:
+        if (cluster_waited(now, heir_promoted, "promotion of the replica")) {
+            note("replica :%d promoted, %lld ms after the kill", CL.port[F.heir], now - F.t);
+            F.state = 2;
+        }
+        break;
+    case 2:
+        if (now - F.t2 < CLUSTER_RESTART_MS)
+            return;
+        cl_node_restart(F.victim);
+        note("old master :%d restarted on its port and directory", CL.port[F.victim]);
+        F.state = 3;
+        break;
+    case 3:
+        if (cluster_waited(now, victim_replica_again, "old master a replica again")) {
+            note(":%d an online replica of :%d, %lld ms after the kill", CL.port[F.victim],
+                 CL.port[F.heir], now - F.t);
+            fault_done();
+        }
+        break;
+    }
+}
+
+static const char *redir_kinds[3] = { "ASK", "MOVED", "TRYAGAIN" };
+
+/* The error replies of each kind the source and the destination gave
+ * (anybody: the daemon, mostly), added with sign to F.errs. */
+static void reshard_errorstats(int sign)
+{
+    for (int k = 0; k < 3; k++) {
+        F.errs[0][k] += sign * cl_errorstat(CL.port[F.mg.src], redir_kinds[k]);
+        F.errs[1][k] += sign * cl_errorstat(CL.port[F.mg.dst], redir_kinds[k]);
+    }
+}
+
+/* 0: at the planned time, the slot starts moving to the next master; 1: a
+ * migration step when due (cl_migrate_step) until it is the destination's. */
+static void cluster_reshard_step(long long now, int traffic)
+{
+    if (F.state == 0) {
+        if (!traffic || F.done >= F.planned || now < F.next_at)
+            return;
+        int src = slot_master(), dst = -1;
+        for (int k = 1; k < CL_NODES && src >= 0 && dst < 0; k++)
+            if (CL.master[(src + k) % CL_NODES] < 0)
+                dst = (src + k) % CL_NODES;
+        if (dst < 0) {
+            F.next_at = now + 500;
+            return;
+        }
+        long long keys = h_redis_int_at(CL.port[src], "CLUSTER COUNTKEYSINSLOT %d", C.slot);
+        F.mg = (cl_migration){ .src = src, .dst = dst, .slot = C.slot, .key = C.key,
+                               .batch = (int)(keys > 0 ? keys / RESHARD_BATCHES + 1 : 1),
+                               .pause_ms = RESHARD_PAUSE_MS };
+        note("slot %d moving from :%d to :%d (%lld keys)", C.slot, CL.port[src],
+             CL.port[dst], keys);
+        memset(F.errs, 0, sizeof F.errs);
+        reshard_errorstats(-1);
+        C.faults++;
+        F.state = 1;
+        F.t = 0;
+    }
+    if (F.state != 1)
+        return;
+    int done = cl_migrate_step(&F.mg, h_now_ms());
+    if (F.mg.step >= 2 && !F.t) {
+        /* MIGRATING: from now until SETSLOT NODE, a pub with a msgid (a
+         * new dedup key) is answered TRYAGAIN by Redis. */
+        F.t = now;
+        C.fault_mark = mono();
+    }
+    if (done) {
+        cl_migration *m = &F.mg;
+        reshard_errorstats(1);
+        note("slot %d on :%d: %ld keys in %ld MIGRATEs, the stream key moved after %lld ms, "
+             "SETSLOT NODE after %lld ms; replies src ASK %lld MOVED %lld TRYAGAIN %lld, "
+             "dst ASK %lld MOVED %lld TRYAGAIN %lld", m->slot, CL.port[m->dst], m->keys,
+             m->batches, m->t_key - m->t_start, m->t_done - m->t_start, F.errs[0][0],
+             F.errs[0][1], F.errs[0][2], F.errs[1][0], F.errs[1][1], F.errs[1][2]);
+        fault_done();
+    }
 }
 
 static void fault_step(long long now)
@@ -1113,6 +1329,14 @@ static void fault_step(long long now)
             F.done++;
             fault_schedule();
         }
+        break;
+
+    case S_CLUSTER_FAILOVER:
+        cluster_failover_step(now, traffic);
+        break;
+
+    case S_CLUSTER_RESHARD:
+        cluster_reshard_step(now, traffic);
         break;
     }
 }
@@ -1292,6 +1516,8 @@ static void grep_logs(const char *needle)
 static void account(struct result *R)
 {
     memset(R, 0, sizeof *R);
+    if (C.cluster && cl_wait_ok(CL_WAIT_MS) < 0)
+        note("cluster not ok within %d ms for the accounting", CL_WAIT_MS);
     redisContext *rc = redis_open();
     ck_assert_msg(rc != NULL, "redis unreachable for the accounting");
 
@@ -1461,15 +1687,26 @@ static void scenario(int sid)
     C.sid = sid;
     C.name = scen_names[sid];
     rng_state = opt_seed ^ (0x9E3779B97F4A7C15ull * (unsigned long long)(sid + 1));
+    C.cluster = sid >= S_FIRST_CLUSTER;
     snprintf(C.stream, sizeof C.stream, "chaos_%s", C.name);
-    snprintf(C.key, sizeof C.key, "sb:%s", C.stream);
-    snprintf(C.dlqkey, sizeof C.dlqkey, "sb:%s:dlq", C.stream);
+    /* In a cluster every key of the stream is in the slot of its name. */
+    snprintf(C.key, sizeof C.key, C.cluster ? "sb:{%s}" : "sb:%s", C.stream);
+    snprintf(C.dlqkey, sizeof C.dlqkey, "%s:dlq", C.key);
     alloc_state();
 
     snprintf(H.conf_defaults, sizeof H.conf_defaults, "%s", DAEMON_DEFAULTS);
     if (sid == S_TWO_DAEMONS)
         snprintf(H.conf_extra, sizeof H.conf_extra, "[stream %s]\nack_timeout_ms = %d\n",
                  C.stream, TWO_DAEMONS_ACK_TIMEOUT_MS);
+    /* See the top: what the killed master had not replicated is lost
+     * unless a pub waits for its replica. */
+    if (sid == S_CLUSTER_FAILOVER)
+        snprintf(H.conf_extra, sizeof H.conf_extra,
+                 "[stream %s]\ndurability = replicas:1:2000\n", C.stream);
+    if (C.cluster) {
+        C.slot = cl_keyslot(C.key);
+        snprintf(H.conf_redis, sizeof H.conf_redis, "cluster = %s\n", CL.seeds);
+    }
     C.rel_limit_ms = sid == S_CONSUMER_KILL ? RELEASE_CLOSE_MS :
                      sid == S_TWO_DAEMONS ? RELEASE_DEAD_MS : 0;
     h_daemon_start();
@@ -1484,9 +1721,14 @@ static void scenario(int sid)
         for (int k = 0; k < per_group; k++)
             conn_add(R_CONS, k, g, k % daemons);
 
-    printf("chaos[%s]: redis :%d, streambusd :%d%s, %d s of traffic at %d/s, seed %llu\n",
-           C.name, H.redis_port, H.port, daemons == 2 ? " and a second one" : "",
-           opt_seconds, opt_rate, opt_seed);
+    if (C.cluster)
+        printf("chaos[%s]: cluster %s, slot %d on :%d, streambusd :%d, %d s of traffic at "
+               "%d/s, seed %llu\n", C.name, CL.seeds, C.slot, cl_owner(C.slot), H.port,
+               opt_seconds, opt_rate, opt_seed);
+    else
+        printf("chaos[%s]: redis :%d, streambusd :%d%s, %d s of traffic at %d/s, seed %llu\n",
+               C.name, H.redis_port, H.port, daemons == 2 ? " and a second one" : "",
+               opt_seconds, opt_rate, opt_seed);
     fflush(stdout);
 
     /* Startup: every consumer subscribed. */
@@ -1589,6 +1831,9 @@ static void scenario(int sid)
            C.name, C.faults, C.our_kills, C.unacked_at_kill, C.peer_closes, C.unexpected_closes,
            C.connect_fail, C.in_use, C.max_in_use_ms, C.ack_sent, C.ack_zero, C.ack_unavail, C.ack_err,
            C.sub_err, C.stall_closes, C.bye_ok, C.bye_missing);
+    if (C.recoveries)
+        printf("chaos[%s]: pubs ok again after %ld of %ld faults, the longest wait %lld ms\n",
+               C.name, C.recoveries, C.faults, C.recover_max_ms);
     printf("chaos[%s]: unacked deliveries of closed consumers redelivered: %ld, longest after "
            "%lld ms", C.name, C.rel_count, C.rel_max_ms);
     if (C.rel_limit_ms)
@@ -1630,6 +1875,19 @@ START_TEST(t_scenario)
 END_TEST
 
 /* ----------------------------------------------------------------- main */
+
+/* The scenarios first..last that share a fixture, one test case; none if
+ * the range is empty.  Its timeout: traffic, settle and drain bounds,
+ * restarts, and extra_s for the fixture's waits. */
+static void add_scenarios(Suite *s, const char *name, int first, int last,
+                          void (*setup)(void), void (*teardown)(void), int extra_s)
+{
+    if (first > last)
+        return;
+    TCase *tc = h_tcase(s, name, opt_seconds + SETTLE_MS / 1000 + DRAIN_MAX_MS / 1000 + 90 +
+                        extra_s, setup, teardown);
+    tcase_add_loop_test(tc, t_scenario, first, last + 1);
+}
 
 static void usage(const char *argv0)
 {
@@ -1690,14 +1948,12 @@ int main(int argc, char **argv)
     close(rfd);
 
     h_global_init();
+    h_on_fail("chaos", cl_stop_all);
     Suite *s = suite_create("chaos");
-    TCase *tc = tcase_create("chaos");
-    tcase_add_checked_fixture(tc, chaos_setup, h_teardown);
-    tcase_add_unchecked_fixture(tc, NULL, h_reap_orphans);
-    /* traffic, settle and drain bounds, restarts */
-    tcase_set_timeout(tc, opt_seconds + SETTLE_MS / 1000 + DRAIN_MAX_MS / 1000 + 90);
-    tcase_add_loop_test(tc, t_scenario, first, last + 1);
-    suite_add_tcase(s, tc);
+    add_scenarios(s, "chaos", first, last < S_FIRST_CLUSTER ? last : S_FIRST_CLUSTER - 1,
+                  chaos_setup, h_teardown, 0);
+    add_scenarios(s, "cluster", first > S_FIRST_CLUSTER ? first : S_FIRST_CLUSTER, last,
+                  cl_setup, h_teardown_all, CL_WAIT_MS / 1000 * 3);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
@@ -1710,10 +1966,10 @@ int main(int argc, char **argv)
     int rows = 0, lost_any = 0;
     printf("\nchaos: %d s of traffic per scenario at %d pubs/s, seed %llu\n",
            opt_seconds, opt_rate, opt_seed);
-    printf("%-14s | %-6s | %12s | %10s | %11s | %11s | %5s | %11s | %7s | %6s | %9s | %6s\n",
+    printf("%-16s | %-6s | %12s | %10s | %11s | %11s | %5s | %11s | %7s | %6s | %9s | %6s\n",
            "scenario", "result", "published ok", "delivered", "lost g1/g2", "dups g1/g2",
            "dlq", "stored unc.", "retries", "faults", "redeliv.", "secs");
-    printf("---------------+--------+--------------+------------+-------------+-------------+"
+    printf("-----------------+--------+--------------+------------+-------------+-------------+"
            "-------+-------------+---------+--------+-----------+-------\n");
     for (char *line = txt; line && *line;) {
         char *eol = strchr(line, '\n');
@@ -1735,7 +1991,7 @@ int main(int argc, char **argv)
                     snprintf(rels, sizeof rels, "%lld", rel);
                 else
                     snprintf(rels, sizeof rels, "-");
-                printf("%-14s | %-6s | %12ld | %10ld | %11s | %11s | %5ld | %11s | %7ld | %6ld | %9s | %6.1f\n",
+                printf("%-16s | %-6s | %12ld | %10ld | %11s | %11s | %5ld | %11s | %7ld | %6ld | %9s | %6.1f\n",
                        name, res, pub, del, lost, dups, dlq, stored, retr, faults, rels, secs);
                 rows++;
                 lost_any |= l1 > 0 || l2 > 0;
