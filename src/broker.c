@@ -1250,10 +1250,14 @@ pub_replicated(redisReply *r, void *arg)
 		/* On the master but not confirmed by enough replicas: a
 		 * failover could lose it, so it is not "ok"; it was stored, so
 		 * it is not "unavailable" either. */
-		snprintf(msg, sizeof(msg), "stored on the master but only %lld of %ld replicas "
-		    "confirmed within %ld ms; retry with the same msgid",
-		    r && r->type == REDIS_REPLY_INTEGER ? r->integer : 0LL,
-		    p->stream->conf.replicas, p->stream->conf.replicas_timeout_ms);
+		if (r != NULL && r->type == REDIS_REPLY_INTEGER)
+			snprintf(msg, sizeof(msg), "stored on the master but only %lld of %ld "
+			    "replicas confirmed within %ld ms; retry with the same msgid",
+			    r->integer, p->stream->conf.replicas, p->stream->conf.replicas_timeout_ms);
+		else
+			snprintf(msg, sizeof(msg), "stored on the master, but replicas could not "
+			    "confirm it (%.60s); retry with the same msgid", r == NULL ?
+			    "connection lost" : r->type == REDIS_REPLY_ERROR ? r->str : "no count");
 		pub_count_error(p->stream, "indeterminate");
 		pending_error(p, "indeterminate", msg);
 	}
