@@ -544,6 +544,82 @@ START_TEST(t_node_restart)
 }
 END_TEST
 
+/* ------------------------------------------------------------ pub_order */
+
+/* The slot of stream "po" halfway through a migration: the stream key is
+ * on the destination, nothing else yet.  One connection pipelines a pub
+ * with a new msgid (its keys are split: TRYAGAIN) and then a plain pub
+ * (ASK, stored on the destination).  What one connection publishes to one
+ * stream is stored in the order sent: the first may not be stored after
+ * the second, so it is refused (unavailable), never held and retried. */
+START_TEST(t_pub_order)
+{
+    char *key = cl_key("po", NULL);
+    int slot = cl_keyslot(key), src = cl_owner_idx(slot), dst = -1;
+    for (int i = 0; i < CL_NODES && dst < 0; i++)
+        if (CL.master[i] < 0 && i != src)
+            dst = i;
+    H_CHECK(dst >= 0, "no other master");
+    cl_daemon_start("");
+    sb_client *c = h_connect();
+    json_t *r = h_req(c, "{'op':'pub','stream':'po','data':{'n':0}}");
+    H_CHECK(json_is_true(json_object_get(r, "ok")), "first pub refused");
+    json_decref(r);
+
+    redisReply *x[4];
+    x[0] = h_redis_at(CL.port[dst], "CLUSTER SETSLOT %d IMPORTING %s", slot, CL.id[src]);
+    x[1] = h_redis_at(CL.port[src], "CLUSTER SETSLOT %d MIGRATING %s", slot, CL.id[dst]);
+    x[2] = h_redis_at(CL.port[src], "MIGRATE 127.0.0.1 %d %s 0 5000", CL.port[dst], key);
+    for (int i = 0; i < 3; i++) {
+        H_CHECK(x[i] && x[i]->type == REDIS_REPLY_STATUS, "migration step %d failed: %s", i,
+                x[i] && x[i]->str ? x[i]->str : "no reply");
+        freeReplyObject(x[i]);
+    }
+    h_send(c, "{'op':'pub','stream':'po','data':{'n':1},'msgid':'po-1'}");
+    h_send(c, "{'op':'pub','stream':'po','data':{'n':2}}");
+    /* The move ends while a daemon that held the first to retry it would
+     * still hold it (replies come in request order: read them after). */
+    h_sleep_ms(300);
+    x[0] = h_redis_at(CL.port[dst], "CLUSTER SETSLOT %d NODE %s", slot, CL.id[dst]);
+    x[1] = h_redis_at(CL.port[src], "CLUSTER SETSLOT %d NODE %s", slot, CL.id[dst]);
+    for (int i = 0; i < 2; i++)
+        freeReplyObject(x[i]);
+    json_t *r1 = h_read(c, 10000), *r2 = h_read(c, 10000);
+    const char *e1 = json_string_value(json_object_get(r1, "error"));
+    H_CHECK(json_is_true(json_object_get(r2, "ok")), "the plain pub was not stored");
+    H_CHECK(!json_is_true(json_object_get(r1, "ok")) && e1 && strcmp(e1, "unavailable") == 0,
+            "the msgid pub sent first was not refused while its keys were split");
+
+    /* The client retries: stored now, after the other. */
+    H_CHECK(cl_wait_ok(CL_WAIT_MS) >= 0, "cluster not ok after the move");
+    json_t *r3 = NULL;
+    for (int i = 0; i < 50; i++) {
+        json_decref(r3);
+        r3 = h_req(c, "{'op':'pub','stream':'po','data':{'n':1},'msgid':'po-1'}");
+        if (json_is_true(json_object_get(r3, "ok")))
+            break;
+        h_sleep_ms(100);
+    }
+    H_CHECK(json_is_true(json_object_get(r3, "ok")), "the retry was never stored");
+    x[0] = h_redis_at(CL.port[dst], "XRANGE %s - +", key);
+    H_CHECK(x[0] && x[0]->type == REDIS_REPLY_ARRAY && x[0]->elements == 3,
+            "want 3 entries on the new master, got %zu", x[0] ? x[0]->elements : 0);
+    for (size_t i = 0; i < 3; i++) {
+        const char *data = h_entry_field(x[0]->element[i], "data");
+        char want[16];
+        snprintf(want, sizeof want, "{\"n\":%d}", i == 0 ? 0 : i == 1 ? 2 : 1);
+        H_CHECK(data && strcmp(data, want) == 0, "entry %zu is %s, want %s", i,
+                data ? data : "(none)", want);
+    }
+    freeReplyObject(x[0]);
+    json_decref(r1);
+    json_decref(r2);
+    json_decref(r3);
+    sb_close(c);
+    free(key);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- main */
 
 int main(void)
@@ -553,6 +629,7 @@ int main(void)
         { "failover", 150, t_failover },
         { "reshard", 150, t_reshard },
         { "node_restart", 150, t_node_restart },
+        { "pub_order", 90, t_pub_order },
     };
-    return h_main("check_cluster", "cluster", cl_setup, cl_stop_all, cases, 4);
+    return h_main("check_cluster", "cluster", cl_setup, cl_stop_all, cases, 5);
 }
