@@ -25,6 +25,9 @@
  *                 directory before a failover can happen (its replica has
  *                 cluster-replica-no-failover): the daemon reconnects, no
  *                 pub answered ok is lost (AOF, fsync always).
+ *   pub_order     mid-migration, a msgid pub (keys split: TRYAGAIN) then a
+ *                 plain one (ASK) on one connection: the first is refused,
+ *                 not retried behind the second's back.
  *
  * The traffic tests print one line of figures to stderr.
  *
