@@ -86,6 +86,7 @@ struct group {
 struct stream {
 	char               *name;
 	char               *key, *dlq_key;
+	char               *dedup_key, *dedup_exp_key;	/* recent msgids */
 	unsigned            slot;		/* Redis Cluster hash slot of every key */
 	char               *live_prefix;	/* cluster: liveness keys in that slot */
 	struct stream_conf  conf;
@@ -364,6 +365,18 @@ stream_find(const char *name)
 	return NULL;
 }
 
+static void
+stream_free(struct stream *s)
+{
+	free(s->name);
+	free(s->key);
+	free(s->dlq_key);
+	free(s->dedup_key);
+	free(s->dedup_exp_key);
+	free(s->live_prefix);
+	free(s);
+}
+
 static struct stream *
 stream_get(const char *name)
 {
@@ -376,15 +389,13 @@ stream_get(const char *name)
 	s->name = strdup(name);
 	s->key = broker_key(name, "");
 	s->dlq_key = broker_key(name, ":dlq");
+	s->dedup_key = broker_key(name, ":dedup");
+	s->dedup_exp_key = broker_key(name, ":dedup:exp");
 	if (cluster_enabled())
 		s->live_prefix = broker_key(name, ":daemon:");
-	if (s->name == NULL || s->key == NULL || s->dlq_key == NULL ||
-	    (cluster_enabled() && s->live_prefix == NULL)) {
-		free(s->name);
-		free(s->key);
-		free(s->dlq_key);
-		free(s->live_prefix);
-		free(s);
+	if (s->name == NULL || s->key == NULL || s->dlq_key == NULL || s->dedup_key == NULL ||
+	    s->dedup_exp_key == NULL || (cluster_enabled() && s->live_prefix == NULL)) {
+		stream_free(s);
 		return NULL;
 	}
 	s->slot = cluster_key_slot(name, strlen(name));	/* = its keys' slot */
@@ -1378,28 +1389,18 @@ static int
 pub_send_script(struct redis_link *l, redis_cb *cb, struct conn *c, struct stream *s,
     const struct proto_request *req, struct pending *p)
 {
-	size_t nmsgid = 0, max = 4 + req->nmsgs * 9, argc = 0;
+	size_t max = 6 + req->nmsgs * 9, argc = 0;
 	const char **argv = malloc(max * sizeof(*argv));
 	size_t *argvlen = malloc(max * sizeof(*argvlen));
-	char **dedup = calloc(req->nmsgs, sizeof(*dedup));
 	char window[24], nbuf[24];
 	char (*nfs)[4] = malloc(req->nmsgs * 4);
 	int rc = -1;
 
-	if (argv == NULL || argvlen == NULL || dedup == NULL || nfs == NULL)
+	if (argv == NULL || argvlen == NULL || nfs == NULL)
 		goto out;
-	/* keys first: the stream, then one dedup key per msgid */
 	argv[argc] = s->key; argvlen[argc++] = strlen(s->key);
-	for (size_t i = 0; i < req->nmsgs; i++) {
-		if (req->msgs[i].msgid == NULL)
-			continue;
-		if (asprintf(&dedup[i], "%s:dedup:%s", s->key, req->msgs[i].msgid) < 0) {
-			dedup[i] = NULL;
-			goto out;
-		}
-		argv[argc] = dedup[i]; argvlen[argc++] = strlen(dedup[i]);
-		nmsgid++;
-	}
+	argv[argc] = s->dedup_key; argvlen[argc++] = strlen(s->dedup_key);
+	argv[argc] = s->dedup_exp_key; argvlen[argc++] = strlen(s->dedup_exp_key);
 	snprintf(window, sizeof(window), "%ld", s->conf.dedup_window_ms);
 	snprintf(nbuf, sizeof(nbuf), "%zu", req->nmsgs);
 	argv[argc] = "pub"; argvlen[argc++] = 3;
@@ -1418,11 +1419,8 @@ pub_send_script(struct redis_link *l, redis_cb *cb, struct conn *c, struct strea
 		argv[at] = nfs[i]; argvlen[at] = strlen(nfs[i]);
 		argc += k;
 	}
-	rc = broker_script_on(l, 1, cb, p, (int)(1 + nmsgid), (int)argc, argv, argvlen);
+	rc = broker_script_on(l, 1, cb, p, 3, (int)argc, argv, argvlen);
 out:
-	for (size_t i = 0; dedup != NULL && i < req->nmsgs; i++)
-		free(dedup[i]);
-	free(dedup);
 	free(argv);
 	free(argvlen);
 	free(nfs);
@@ -2758,11 +2756,7 @@ broker_free(void)
 			free(g->read_consumer);
 			free(g);
 		}
-		free(s->name);
-		free(s->key);
-		free(s->dlq_key);
-		free(s->live_prefix);
-		free(s);
+		stream_free(s);
 	}
 	idmap_free(&B.subs);
 	while (pending_ncached > 0)

@@ -1,7 +1,8 @@
 -- broker.lua: the daemon's one Redis script, run with EVALSHA (EVAL until
 -- SCRIPT LOAD has answered).  Each mode touches only the keys it declares,
 -- all of one stream (one hash slot in a cluster).
---   pub:     KEYS stream, dedup keys...   ARGV pub window n {msgid nf fields...}...
+--   pub:     KEYS stream dedup dedupexp   ARGV pub window n {msgid nf fields...}...
+--            (dedup: msgid -> entry id; dedupexp: msgid -> when it expires)
 -- (claim, release and dead also take KEYS[4], the group's failure log:
 --  entry id -> "ms:what,ms:what,..", copied into the dead letter)
 --   claim:   KEYS stream dlq delayset     ARGV claim group consumer min_idle count max_attempts now owner scan start
@@ -14,22 +15,50 @@
 local mode = ARGV[1]
 
 if mode == 'pub' then
-  local window, n, a, k, out = ARGV[2], tonumber(ARGV[3]), 4, 2, {}
+  -- Recent msgids live in one hash per stream, their expiry times in a
+  -- sorted set: three keys whatever the msgids, so a slot migration moves
+  -- them with the stream in one go instead of key by key.
+  local window, n, a, out = tonumber(ARGV[2]), tonumber(ARGV[3]), 4, {}
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  -- Forget expired msgids, at least as many as this call may add.
+  local most = 2 * n + 64
+  while most > 0 do
+    local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0,
+                           math.min(most, 1000))
+    if #old == 0 then break end
+    redis.call('HDEL', KEYS[2], unpack(old))
+    redis.call('ZREM', KEYS[3], unpack(old))
+    most = most - #old
+  end
+  local added = false
   for i = 1, n do
     local msgid, nf = ARGV[a], tonumber(ARGV[a + 1])
     local fields = {}
     for j = 1, nf do fields[j] = ARGV[a + 1 + j] end
     a = a + 2 + nf
     local id = false
-    if msgid ~= '' then id = redis.call('GET', KEYS[k]) end
+    if msgid ~= '' then
+      id = redis.call('HGET', KEYS[2], msgid)
+      if id and tonumber(redis.call('ZSCORE', KEYS[3], msgid) or 0) <= now then
+        id = false	-- expired, not yet forgotten
+      end
+    end
     if id then
       out[i] = {id, 1}
     else
       id = redis.call('XADD', KEYS[1], '*', unpack(fields))
-      if msgid ~= '' then redis.call('SET', KEYS[k], id, 'PX', window) end
+      if msgid ~= '' then
+        redis.call('HSET', KEYS[2], msgid, id)
+        redis.call('ZADD', KEYS[3], now + window, msgid)
+        added = true
+      end
       out[i] = {id, 0}
     end
-    if msgid ~= '' then k = k + 1 end
+  end
+  if added then	-- both go when no msgid came for a whole window
+    redis.call('PEXPIRE', KEYS[2], window)
+    redis.call('PEXPIRE', KEYS[3], window)
   end
   return out
 end

@@ -890,6 +890,42 @@ START_TEST(t_pub_msgid_dedup)
 }
 END_TEST
 
+/* A msgid is remembered for dedup_window_ms, no longer: then the same
+ * msgid is stored again, and what was remembered is forgotten (one hash
+ * and one sorted set per stream, pruned by later pubs, expiring when no
+ * msgid comes for a window). */
+START_TEST(t_pub_msgid_window)
+{
+    h_conf(NULL, NULL, "[stream dw]\ndedup_window_ms = 1000\n");
+    sb_client *c = h_connect();
+    json_t *r1 = h_ok(h_req(c, "{'op':'pub','stream':'dw','data':1,'msgid':'w1'}"));
+    json_t *r2 = h_ok(h_req(c, "{'op':'pub','stream':'dw','batch':[{'data':2,'msgid':'w1'},"
+                               "{'data':3,'msgid':'w2'},{'data':4}]}"));
+    json_t *ids = json_object_get(r2, "ids");
+    ck_assert_str_eq(json_string_value(json_array_get(ids, 0)), h_str(r1, "id"));
+    ck_assert_int_eq(xlen("sb:dw"), 3);
+    ck_assert_int_eq(h_redis_int("HLEN sb:dw:dedup"), 2);
+    ck_assert_int_eq(h_redis_int("ZCARD sb:dw:dedup:exp"), 2);
+    long long ttl = h_redis_int("PTTL sb:dw:dedup");
+    ck_assert_msg(ttl > 0 && ttl <= 1000, "dedup hash PTTL %lld", ttl);
+
+    h_sleep_ms(1100);
+    json_t *r3 = h_ok(h_req(c, "{'op':'pub','stream':'dw','data':5,'msgid':'w1'}"));
+    ck_assert_str_ne(h_str(r3, "id"), h_str(r1, "id"));
+    ck_assert(json_object_get(r3, "dup") == NULL || json_is_false(json_object_get(r3, "dup")));
+    ck_assert_int_eq(xlen("sb:dw"), 4);
+    /* w2 expired with w1 and was forgotten; w1 is remembered anew. */
+    ck_assert_int_eq(h_redis_int("HLEN sb:dw:dedup"), 1);
+    ck_assert_int_eq(h_redis_int("ZCARD sb:dw:dedup:exp"), 1);
+    h_sleep_ms(1100);
+    ck_assert_int_eq(h_redis_int("EXISTS sb:dw:dedup sb:dw:dedup:exp"), 0);
+    json_decref(r1);
+    json_decref(r2);
+    json_decref(r3);
+    sb_close(c);
+}
+END_TEST
+
 START_TEST(t_payload_roundtrip)
 {
     /* Big and awkward payloads come back exactly as published. */
@@ -3130,6 +3166,7 @@ int main(void)
     tcase_add_test(tc, t_pub_single_stored);
     tcase_add_test(tc, t_pub_batch);
     tcase_add_test(tc, t_pub_msgid_dedup);
+    tcase_add_test(tc, t_pub_msgid_window);
     tcase_add_test(tc, t_prefix_config);
     tcase_add_test(tc, t_payload_roundtrip);
     tcase_add_test(tc, t_abrupt_clients);

@@ -26,8 +26,8 @@
  * The last two have a Redis Cluster of three masters with a replica each
  * instead (tests/redis_cluster.c: AOF, appendfsync always,
  * cluster-node-timeout 2000); the daemon names the six nodes in
- * redis.cluster and the stream's keys are hash-tagged, sb:{S}, sb:{S}:dlq,
- * sb:{S}:dedup:<msgid>:
+ * redis.cluster and the stream's keys are hash-tagged (sb:{S}, sb:{S}:dlq,
+ * sb:{S}:dedup, ...):
  *
  *   cluster_failover  the master of the stream's slot is killed with
  *                  SIGKILL; the cluster promotes its replica; the killed
@@ -79,7 +79,7 @@
  *   duplicates = deliveries of an n beyond the first (allowed: at least
  *                once).
  * The dead-letter stream sb:<stream>:dlq is read with hiredis; "stored but
- * never confirmed" comes from the msgid dedup keys.  A table is printed and
+ * never confirmed" comes from the msgid dedup hash sb:<stream>:dedup.  A table is printed and
  * the run exits non-zero when anything was lost or a scenario check failed.
  *
  * Options: --seconds N (traffic per scenario, default 3), --rate R (pubs/s,
@@ -1559,10 +1559,10 @@ static void account(struct result *R)
     for (long base = 0; base < C.issued; base += batch) {
         long end = base + batch < C.issued ? base + batch : C.issued;
         for (long n = base; n < end; n++)
-            redisAppendCommand(rc, "GET %s:dedup:m%ld", C.key, n);
+            redisAppendCommand(rc, "HGET %s:dedup m%ld", C.key, n);
         for (long n = base; n < end; n++) {
             void *vr = NULL;
-            ck_assert_msg(redisGetReply(rc, &vr) == REDIS_OK && vr, "GET dedup failed");
+            ck_assert_msg(redisGetReply(rc, &vr) == REDIS_OK && vr, "HGET dedup failed");
             redisReply *r = vr;
             uint64_t ms = 0;
             uint32_t seq = 0;
