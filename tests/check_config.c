@@ -865,7 +865,7 @@ START_TEST(test_cluster_key_slot)
 	ck_assert_uint_ne(SLOT("foo{bar"), SLOT("bar"));	/* no closing brace */
 	/* A stream's keys share its slot. */
 	ck_assert_uint_eq(SLOT("sb:{market_data}"), SLOT("sb:{market_data}:dlq"));
-	ck_assert_uint_eq(SLOT("sb:{market_data}"), SLOT("sb:{market_data}:dedup:m1"));
+	ck_assert_uint_eq(SLOT("sb:{market_data}"), SLOT("sb:{market_data}:dedup:exp"));
 	ck_assert_uint_eq(SLOT("sb:{market_data}"), SLOT("market_data"));
 #undef SLOT
 }
