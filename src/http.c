@@ -10,6 +10,7 @@
 #include <microhttpd.h>
 
 #include "broker.h"
+#include "cluster.h"
 #include "config.h"
 #include "conn.h"
 #include "http.h"
@@ -74,8 +75,12 @@ http_handler(void *cls, struct MHD_Connection *mc, const char *url,
 		type = "application/json";
 		status = up ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE;
 		evbuffer_add_printf(body, "{\"status\":\"%s\",\"redis\":\"%s\",\"version\":\"%s\","
-		    "\"connections\":%zu}\n", up ? "ok" : "unavailable", up ? "up" : "down",
+		    "\"connections\":%zu", up ? "ok" : "unavailable", up ? "up" : "down",
 		    STREAMBUS_VERSION, conn_count());
+		if (cluster_enabled())
+			evbuffer_add_printf(body, ",\"cluster_masters\":%llu",
+			    (unsigned long long)metrics.cluster_nodes);
+		evbuffer_add(body, "}\n", 2);
 	} else {
 		status = MHD_HTTP_NOT_FOUND;
 		evbuffer_add_printf(body, "not found; try /metrics or /health\n");

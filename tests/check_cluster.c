@@ -10,7 +10,7 @@
  *                 in sb:{S} on the master owning the slot, every key of a
  *                 stream is on that node, group delivery and acks, msgid
  *                 dedup, max_attempts and nack dead into sb:{S}:dlq on the
- *                 same node, dlq and replay, stats.
+ *                 same node, dlq and replay, stats, /health.
  *   failover      kill -9 of the master owning a replicas:1 stream under
  *                 traffic (TR_WINDOW pubs in flight, each retried with its
  *                 msgid until ok; tests/traffic.c): its replica is promoted,
@@ -191,6 +191,13 @@ START_TEST(t_basic)
                 h_int(st, "dlq_length"));
     }
     json_decref(r);
+
+    /* /health counts the masters of the slot map. */
+    char *health = NULL;
+    int code = h_http_get(H.metrics_port, "/health", &health, NULL);
+    H_CHECK(code == 200 && health && strstr(health, "\"cluster_masters\":3"),
+            "/health: %d %s", code, health ? health : "(none)");
+    free(health);
 
     /* One subscription per stream on one connection; every entry once. */
     long long subs[B_MAXS];
