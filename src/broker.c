@@ -441,6 +441,17 @@ group_find(struct stream *s, const char *name)
 	return NULL;
 }
 
+static void
+group_free(struct group *g)
+{
+	free(g->name);
+	free(g->delay_key);
+	free(g->owners_key);
+	free(g->fails_key);
+	free(g->read_consumer);
+	free(g);
+}
+
 static struct group *
 group_get(struct stream *s, const char *name)
 {
@@ -461,11 +472,7 @@ group_get(struct stream *s, const char *name)
 	g->fails_key = broker_key(s->name, suffix);
 	if (g->name == NULL || g->delay_key == NULL || g->owners_key == NULL ||
 	    g->fails_key == NULL) {
-		free(g->name);
-		free(g->delay_key);
-		free(g->owners_key);
-		free(g->fails_key);
-		free(g);
+		group_free(g);
 		return NULL;
 	}
 	g->m.name = g->name;
@@ -2749,12 +2756,7 @@ broker_free(void)
 		sn = s->next;
 		for (g = s->groups; g != NULL; g = gn) {
 			gn = g->next;
-			free(g->name);
-			free(g->delay_key);
-			free(g->owners_key);
-			free(g->fails_key);
-			free(g->read_consumer);
-			free(g);
+			group_free(g);
 		}
 		stream_free(s);
 	}

@@ -75,18 +75,8 @@ redis_call_new(struct redis_link *l, redis_cb *cb, void *arg)
 	struct redis_call *call = redis_ncached > 0 ? redis_call_cache[--redis_ncached] :
 	    malloc(sizeof(*call));
 
-	if (call != NULL) {
-		call->link = l;
-		call->cb = cb;
-		call->arg = arg;
-		call->cmd = NULL;
-		call->cmd_len = 0;
-		call->hops = 0;
-		call->tries = 0;
-		call->asking = 0;
-		call->ordered = 0;
-		call->next = NULL;
-	}
+	if (call != NULL)
+		*call = (struct redis_call){ .link = l, .cb = cb, .arg = arg };
 	return call;
 }
 
