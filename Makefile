@@ -58,9 +58,10 @@ tests/%.o: tests/%.c $(wildcard include/*.h tests/*.h)
 tests/check_%: tests/check_%.o tests/harness.o $(CORE_OBJS) $(CLIENT_OBJS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CHECK_LIBS)
 
-# Traffic under faults (tests/traffic.c) and a real Redis Cluster
-# (tests/redis_cluster.c), shared with the chaos suite.
-tests/check_sentinel: tests/traffic.o
+# Traffic under faults (tests/traffic.c), a real Sentinel setup
+# (tests/redis_sentinel.c) and a real Redis Cluster (tests/redis_cluster.c),
+# the last two shared with the chaos suite.
+tests/check_sentinel: tests/traffic.o tests/redis_sentinel.o
 tests/check_cluster: tests/traffic.o tests/redis_cluster.o
 
 # Installs what the build and the tests need: as root with apt-get, otherwise
@@ -109,7 +110,7 @@ check: deps
 	@$(MAKE) --no-print-directory unit integration chaos-short check-ops
 
 CHAOS := tests/chaos/chaos
-CHAOS_OBJS := tests/harness.o tests/redis_cluster.o
+CHAOS_OBJS := tests/harness.o tests/redis_sentinel.o tests/redis_cluster.o
 $(CHAOS): tests/chaos/chaos.c $(CHAOS_OBJS) $(CORE_OBJS) $(CLIENT_OBJS) $(wildcard include/*.h tests/*.h)
 	$(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ tests/chaos/chaos.c $(CHAOS_OBJS) $(CORE_OBJS) $(CLIENT_OBJS) $(LDLIBS) $(CHECK_LIBS)
 

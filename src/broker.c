@@ -128,6 +128,7 @@ static struct broker {
 	struct redis_link   *cmd;
 	struct redis_link   *durable;	/* pubs of replicas:N streams, then WAIT */
 	struct wait_batch   *waits;	/* pubs the next WAITs confirm */
+	struct wait_batch   *waits_sent;	/* WAITs in flight, one per link */
 	struct event        *wait_ev;
 	struct event        *unpark_ev;	/* parked pubs go after a map change */
 	struct stream       *streams;
@@ -1284,35 +1285,65 @@ pub_replicated(redisReply *r, void *arg)
 
 /*
  * One WAIT confirms every write made before it on its connection, and a
- * WAIT holds the connection until it returns: so the replicas:N pubs of
- * one loop iteration share one WAIT (a pub waits at most about two
- * timeouts, not one per pub queued before it).
+ * WAIT holds the connection until it returns: whatever is sent behind it
+ * waits in Redis.  So a durable link has at most one WAIT in flight, and
+ * the replicas:N pubs sent meanwhile gather in one batch for the next:
+ * a pub waits at most about two timeouts, however many loop iterations it
+ * took to arrive.  Queued WAITs would each wait in turn while the replicas
+ * are away.  A batch is bounded by max_inflight, as its pubs are commands
+ * in flight behind the WAIT.
  */
-#define BROKER_WAIT_BATCH 4096
+#define BROKER_WAIT_BATCH_MIN 64
 
 struct wait_batch {
 	struct wait_batch *next;
 	struct redis_link *link;	/* the durable link the pubs went on */
-	size_t          n;
+	size_t          n, cap;
 	long            replicas, timeout_ms;
-	struct pending *p[BROKER_WAIT_BATCH];
+	struct pending **p;
 };
+
+static int
+wait_inflight(const struct redis_link *l)
+{
+	for (const struct wait_batch *w = B.waits_sent; w != NULL; w = w->next)
+		if (w->link == l)
+			return 1;
+	return 0;
+}
 
 static void
 wait_done(redisReply *r, void *arg)
 {
-	struct wait_batch *w = arg;
+	struct wait_batch *w = arg, **wp;
 
+	for (wp = &B.waits_sent; *wp != NULL && *wp != w; wp = &(*wp)->next)
+		;
+	if (*wp == w)
+		*wp = w->next;
+	if (B.waits != NULL && B.wait_ev != NULL)
+		event_active(B.wait_ev, EV_TIMEOUT, 0);	/* a batch may be free to go */
 	for (size_t i = 0; i < w->n; i++)
 		pub_replicated(r, w->p[i]);
+	free(w->p);
 	free(w);
 }
 
-/* One WAIT per durable link (per master on a cluster). */
+static void
+wait_send(struct wait_batch *w)
+{
+	w->next = B.waits_sent;
+	B.waits_sent = w;
+	if (redis_cmd(w->link, wait_done, w, "WAIT %ld %ld", w->replicas, w->timeout_ms) != 0)
+		wait_done(NULL, w);	/* link gone: each is indeterminate */
+}
+
+/* Sends the WAIT of each batch whose link has none in flight (of every
+ * batch when stopping: the links go next and answer them all). */
 static void
 wait_flush(evutil_socket_t fd, short what, void *arg)
 {
-	struct wait_batch *w, *list = B.waits;
+	struct wait_batch *w, *list = B.waits, **keep = &B.waits;
 
 	(void)fd;
 	(void)what;
@@ -1320,9 +1351,12 @@ wait_flush(evutil_socket_t fd, short what, void *arg)
 	B.waits = NULL;
 	while ((w = list) != NULL) {
 		list = w->next;
-		if (redis_cmd(w->link, wait_done, w, "WAIT %ld %ld", w->replicas,
-		    w->timeout_ms) != 0)
-			wait_done(NULL, w);	/* link gone: each is indeterminate */
+		if (!B.stopping && wait_inflight(w->link)) {
+			w->next = NULL;
+			*keep = w;
+			keep = &w->next;
+		} else
+			wait_send(w);
 	}
 }
 
@@ -1336,17 +1370,22 @@ wait_enqueue(struct pending *p, struct redis_link *l)
 
 	while (w != NULL && w->link != l)
 		w = w->next;
-	if (w != NULL && w->n == BROKER_WAIT_BATCH) {
-		wait_flush(-1, 0, NULL);
-		w = NULL;
-	}
 	if (w == NULL) {
 		if ((w = calloc(1, sizeof(*w))) == NULL)
 			return -1;
 		w->link = l;
 		w->next = B.waits;
 		B.waits = w;
-		event_active(B.wait_ev, EV_TIMEOUT, 0);
+		if (!wait_inflight(l))
+			event_active(B.wait_ev, EV_TIMEOUT, 0);
+	}
+	if (w->n == w->cap) {
+		size_t cap = w->cap ? w->cap * 2 : BROKER_WAIT_BATCH_MIN;
+		struct pending **np = realloc(w->p, cap * sizeof(*np));
+		if (np == NULL)
+			return -1;
+		w->p = np;
+		w->cap = cap;
 	}
 	if (sc->replicas > w->replicas)
 		w->replicas = sc->replicas;
@@ -2739,9 +2778,11 @@ broker_free(void)
 
 	if (B.tick != NULL)
 		event_free(B.tick);
+	B.stopping = 1;
 	wait_flush(-1, 0, NULL);	/* answers what still waits (link freed below) */
 	if (B.wait_ev != NULL)
 		event_free(B.wait_ev);
+	B.wait_ev = NULL;
 	if (B.unpark_ev != NULL)
 		event_free(B.unpark_ev);
 	for (s = B.streams; s != NULL; s = s->next)

@@ -659,6 +659,44 @@ START_TEST(t_indeterminate)
 }
 END_TEST
 
+/* WAITs Redis has run (INFO commandstats). */
+static long long wait_calls(void)
+{
+    redisReply *r = h_redis_at(H.redis_port, "INFO commandstats");
+    ck_assert_msg(r && r->type == REDIS_REPLY_STRING, "INFO commandstats failed");
+    const char *at = strstr(r->str, "cmdstat_wait:calls=");
+    long long n = at ? atoll(at + strlen("cmdstat_wait:calls=")) : 0;
+    freeReplyObject(r);
+    return n;
+}
+
+/* durability = replicas:1 and no replica: every WAIT runs to its timeout,
+ * and holds the durable link meanwhile.  Pubs arriving one by one while it
+ * waits gather for one next WAIT: not a WAIT each, that Redis would run one
+ * after another (the last pub answered some N timeouts late). */
+START_TEST(t_replicas_one_wait_in_flight)
+{
+    enum { N = 30, GAP_MS = 30, TIMEOUT_MS = 200 };
+    h_conf(NULL, NULL, "[stream rw]\ndurability = replicas:1:200\n");
+    sb_client *c = h_connect();
+    long long waits0 = wait_calls();
+    for (int i = 0; i < N; i++) {
+        h_send(c, "{'op':'pub','stream':'rw','data':%d}", i);
+        h_sleep_ms(GAP_MS);
+    }
+    long long t_last = h_now_ms();
+    for (int i = 0; i < N; i++)
+        json_decref(h_err(h_read(c, 5000), "indeterminate"));
+    long long late = h_now_ms() - t_last, waits = wait_calls() - waits0;
+    ck_assert_msg(waits < N / 2, "%lld WAITs for %d pubs %d ms apart (timeout %d ms)", waits,
+                  N, GAP_MS, TIMEOUT_MS);
+    ck_assert_msg(late < 3000, "the last reply %lld ms after the last pub (N timeouts: %d ms)",
+                  late, N * TIMEOUT_MS);
+    /* ... and each was stored, as "indeterminate" says. */
+    ck_assert_int_eq(xlen("sb:rw"), N);
+}
+END_TEST
+
 START_TEST(t_overloaded)
 {
     /* More commands waiting for Redis than max_inflight: refused, not stored. */
@@ -3160,6 +3198,7 @@ int main(void)
     tcase_add_test(tc, t_consumer_in_use);
     tcase_add_test(tc, t_unavailable);
     tcase_add_test(tc, t_indeterminate);
+    tcase_add_test(tc, t_replicas_one_wait_in_flight);
     tcase_add_test(tc, t_overloaded);
 
     tc = tcase(s, "pub", 20);

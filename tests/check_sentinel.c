@@ -1,10 +1,9 @@
 /*
  * check_sentinel.c: streambusd behind Redis Sentinel, against real
- * redis-servers.  Each test gets a master, one replica (--replicaof) and
- * three sentinels (redis-server CONF --sentinel, quorum 2,
- * down-after-milliseconds 2000, failover-timeout 5000) on free loopback
- * ports, and a streambusd whose [redis] section names only the sentinels and
- * the master (no url, no --redis: it must find the master by itself).
+ * redis-servers.  Each test gets a master, one replica and three sentinels
+ * on free loopback ports (tests/redis_sentinel.c), and a streambusd whose
+ * [redis] section names only the sentinels and the master (no url, no
+ * --redis: it must find the master by itself).
  *
  *   discovery  the daemon finds the master through the sentinels.
  *   failover   kill -9 of the master under traffic (8 pubs in flight) on a
@@ -16,14 +15,15 @@
  * The failover tests print one line of figures to stderr; the traffic of
  * the kill test is tests/traffic.c.
  *
- * Node 0 is the harness's Redis (H.redis from h_setup(), made the first
- * master), node 1 its replica.  The teardown stops every process by pid,
+ * Node 0 is the harness's Redis, made the first master, node 1 its
+ * replica.  The teardown stops every process by pid,
  * and so does a failed H_CHECK before it aborts; a failed assertion inside
  * the harness leaves them to PR_SET_PDEATHSIG and Check's killpg (see
  * harness.h).  Every wait is bounded.  Select one test case with
  * CK_RUN_CASE=name; SB_TEST_KEEP=1 keeps the logs (daemon.log, node*.log,
  * sentinel*.log).
  */
+#include "redis_sentinel.h"
 #include "traffic.h"
 
 #include <errno.h>
@@ -33,212 +33,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#define NSENT         3
-#define MASTER_NAME   "mm"
-#define SN_WAIT_MS    20000     /* sentinel convergence, a failover */
-
-static struct {
-    int    port[2];             /* node 0 (H.redis) and node 1 */
-    h_proc node1;
-    int    sport[NSENT];
-    h_proc sent[NSENT];
-    char   sentinels[256];      /* "127.0.0.1:p,127.0.0.1:q,..." */
-} T;
-
-static h_proc *node(int i)
-{
-    return i == 0 ? &H.redis : &T.node1;
-}
-
-/* ------------------------------------------------------------ stop */
-
-/* Stops every process of the test by pid: the daemon first (gracefully,
- * while its Redis is still there), then the sentinels, then both nodes.
- * H_CHECK and the teardown (h_teardown_all) call it. */
-static void sn_stop_all(void)
-{
-    if (H.daemon.pid)
-        h_stop(&H.daemon, SIGTERM, 3000);
-    for (int k = 0; k < NSENT; k++)
-        if (T.sent[k].pid)
-            h_stop(&T.sent[k], SIGKILL, 2000);
-    if (T.node1.pid)
-        h_stop(&T.node1, SIGKILL, 2000);
-    h_redis_kill(SIGKILL);
-}
-
-/* ----------------------------------------------------------- topology */
-
-/* A free port that none of the processes of this test uses yet. */
-static int sn_free_port(void)
-{
-    for (int attempt = 0; attempt < 50; attempt++) {
-        int p = h_free_port(), used = p == H.redis_port || p == H.port ||
-                                      p == H.metrics_port;
-        for (int i = 0; i < 2; i++)
-            used |= p == T.port[i];
-        for (int k = 0; k < NSENT; k++)
-            used |= p == T.sport[k];
-        if (!used)
-            return p;
-    }
-    ck_abort_msg("no unused free port");
-    return -1;
-}
-
-/* Starts node i on its port: an empty master, or a replica of master_port. */
-static void node_start(int i, int master_port)
-{
-    char port[16], mport[16];
-    char *dir = h_fmt("%s/node%d", H.dir, i);
-    char *log = h_fmt("%s/node%d.log", H.dir, i);
-    mkdir(dir, 0755);
-    snprintf(port, sizeof port, "%d", T.port[i]);
-    snprintf(mport, sizeof mport, "%d", master_port);
-    /* Without a master the list ends before --replicaof. */
-    char *argv[] = { "redis-server", "--port", port, "--bind", "127.0.0.1",
-                     "--save", "", "--appendonly", "no", "--dir", dir,
-                     "--daemonize", "no", "--repl-diskless-sync-delay", "0",
-                     master_port ? "--replicaof" : NULL, "127.0.0.1", mport, NULL };
-    h_spawn(argv, log, node(i));
-    long long end = h_now_ms() + H_WAIT_MS;
-    int up = 0;
-    for (int k = 0; k < 1000 && !up && h_now_ms() < end && h_alive(node(i)); k++) {
-        up = h_redis_ping(T.port[i], 1000);
-        if (!up)
-            h_sleep_ms(20);
-    }
-    char *txt = h_log_tail(strrchr(log, '/') + 1, 2000);
-    H_CHECK(up, "redis-server node %d on port %d did not start:\n%s", i, T.port[i], txt);
-    free(txt);
-    free(dir);
-    free(log);
-}
-
-/* down-after-milliseconds is 2000, not 1000: with 1000 the sentinels now
- * and then take the replica they just promoted for down (no PONG in time
- * on the links they reset at +switch-master; redis/redis#8607) and fail
- * over again, in the kill test to the old master that came back empty:
- * everything is lost, the daemon following correctly.  Seen once in ~10
- * runs under ASan. */
-static void sentinel_start(int k)
-{
-    char *conf = h_fmt("%s/sentinel%d.conf", H.dir, k);
-    char *log = h_fmt("%s/sentinel%d.log", H.dir, k);
-    FILE *f = fopen(conf, "w");
-    ck_assert_msg(f != NULL, "fopen %s: %s", conf, strerror(errno));
-    fprintf(f,
-            "port %d\n"
-            "bind 127.0.0.1\n"
-            "daemonize no\n"
-            "dir %s\n"
-            "sentinel monitor " MASTER_NAME " 127.0.0.1 %d 2\n"
-            "sentinel down-after-milliseconds " MASTER_NAME " 2000\n"
-            "sentinel failover-timeout " MASTER_NAME " 5000\n",
-            T.sport[k], H.dir, T.port[0]);
-    ck_assert_int_eq(fclose(f), 0);
-    char *argv[] = { "redis-server", conf, "--sentinel", NULL };
-    h_spawn(argv, log, &T.sent[k]);
-    free(conf);
-    free(log);
-}
-
-/* The master port sentinel k names, or -1. */
-static int sentinel_master(int k)
-{
-    redisReply *r = h_redis_at(T.sport[k], "SENTINEL get-master-addr-by-name %s", MASTER_NAME);
-    int port = -1;
-    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-        r->element[1]->type == REDIS_REPLY_STRING)
-        port = atoi(r->element[1]->str);
-    if (r)
-        freeReplyObject(r);
-    return port;
-}
-
-/* The master port when every sentinel names the same, else -1. */
-static int sentinels_agree(void)
-{
-    int port = sentinel_master(0);
-    for (int k = 1; k < NSENT && port > 0; k++)
-        if (sentinel_master(k) != port)
-            port = -1;
-    return port;
-}
-
-/* A field of SENTINEL MASTER as sentinel k sees it (copied to out). */
-static int sentinel_field(int k, const char *field, char *out, size_t outlen)
-{
-    redisReply *r = h_redis_at(T.sport[k], "SENTINEL MASTER %s", MASTER_NAME);
-    int found = 0;
-    if (r && r->type == REDIS_REPLY_ARRAY)
-        for (size_t i = 0; i + 1 < r->elements && !found; i += 2)
-            if (r->element[i]->str && strcmp(r->element[i]->str, field) == 0 &&
-                r->element[i + 1]->str) {
-                snprintf(out, outlen, "%s", r->element[i + 1]->str);
-                found = 1;
-            }
-    if (r)
-        freeReplyObject(r);
-    return found;
-}
-
-/* 1 when sentinel k knows the master, its replica and both other sentinels. */
-static int sentinel_ready(int k)
-{
-    char slaves[32], others[32];
-    return sentinel_master(k) == T.port[0] &&
-           sentinel_field(k, "num-slaves", slaves, sizeof slaves) && atoi(slaves) == 1 &&
-           sentinel_field(k, "num-other-sentinels", others, sizeof others) &&
-           atoi(others) == NSENT - 1;
-}
-
-/* Fixture: node 0 master, node 1 its replica (online), three sentinels
- * that know both and each other. */
-static void sn_setup(void)
-{
-    h_setup();
-    memset(&T, 0, sizeof T);
-    T.port[0] = H.redis_port;
-    redisReply *r = h_redis_at(T.port[0], "CONFIG SET repl-diskless-sync-delay 0");
-    ck_assert_msg(r && r->type == REDIS_REPLY_STATUS, "CONFIG SET on node 0 failed");
-    freeReplyObject(r);
-    T.port[1] = sn_free_port();
-    node_start(1, T.port[0]);
-    long long end = h_now_ms() + SN_WAIT_MS;
-    int online = 0;
-    for (int i = 0; i < 1000 && !online && h_now_ms() < end; i++) {
-        online = h_replica_online(T.port[0], T.port[1]);
-        if (!online)
-            h_sleep_ms(50);
-    }
-    H_CHECK(online, "replica on port %d not online within %d ms", T.port[1], SN_WAIT_MS);
-
-    char *p = T.sentinels;
-    for (int k = 0; k < NSENT; k++) {
-        T.sport[k] = sn_free_port();
-        sentinel_start(k);
-        p += snprintf(p, sizeof T.sentinels - (size_t)(p - T.sentinels), "%s127.0.0.1:%d",
-                      k ? "," : "", T.sport[k]);
-    }
-    /* Sentinels find the replica in the master's INFO and each other
-     * through hello messages (every 2 s). */
-    int ready = 0;
-    for (int i = 0; i < 1000 && !ready && h_now_ms() < end; i++) {
-        ready = 1;
-        for (int k = 0; k < NSENT && ready; k++) {
-            H_CHECK(h_alive(&T.sent[k]), "sentinel %d died", k);
-            ready = sentinel_ready(k);
-        }
-        if (!ready)
-            h_sleep_ms(100);
-    }
-    char *txt = h_log_tail("sentinel0.log", 2000);
-    H_CHECK(ready, "sentinels did not converge within %d ms; sentinel0.log:\n%s",
-            SN_WAIT_MS, txt);
-    free(txt);
-}
 
 /* ------------------------------------------------------------- daemon */
 
@@ -279,9 +73,9 @@ static void sn_daemon_start(const char *streams)
                 "listen = 127.0.0.1:%d\n"
                 "[redis]\n"
                 "sentinels = %s\n"
-                "master_name = " MASTER_NAME "\n"
+                "master_name = " SN_MASTER_NAME "\n"
                 "%s\n",
-                H.port, H.metrics_port, T.sentinels, streams);
+                H.port, H.metrics_port, SN.sentinels, streams);
         ck_assert_int_eq(fclose(f), 0);
         char *argv[] = { (char *)h_daemon_path(), "-c", H.conf_path, NULL };
         h_spawn(argv, log, &H.daemon);
@@ -415,20 +209,20 @@ START_TEST(t_discovery)
     H_CHECK(pub_until_ok(&p, 1, id, sizeof id, 10000) == 0,
             "no pub ok within 10 s (indeterminate %ld, unavailable %ld, no reply %ld)",
             p.indeterminate, p.unavailable, p.noreply);
-    H_CHECK(h_redis_has_entry(T.port[0], "sb:plain", id), "entry %s not on the master", id);
+    H_CHECK(h_redis_has_entry(SN.port[0], "sb:plain", id), "entry %s not on the master", id);
 
     pubber pd = { .stream = "d" };
     H_CHECK(pub_until_ok(&pd, 1, id, sizeof id, 5000) == 0,
             "replicas:1 pub not ok within 5 s (indeterminate %ld)", pd.indeterminate);
-    H_CHECK(h_redis_has_entry(T.port[0], "sb:d", id), "entry %s not on the master", id);
-    H_CHECK(h_redis_has_entry(T.port[1], "sb:d", id), "replicas:1 entry %s not on the replica", id);
+    H_CHECK(h_redis_has_entry(SN.port[0], "sb:d", id), "entry %s not on the master", id);
+    H_CHECK(h_redis_has_entry(SN.port[1], "sb:d", id), "replicas:1 entry %s not on the replica", id);
 
     char *body = NULL;
     int st = h_http_get(H.metrics_port, "/health", &body, NULL);
     H_CHECK(st == 200 && body && strstr(body, "\"redis\":\"up\""), "/health: %d %s", st,
             body ? body : "");
     free(body);
-    char *want = h_fmt("master is 127.0.0.1:%d", T.port[0]);
+    char *want = h_fmt("master is 127.0.0.1:%d", SN.port[0]);
     H_CHECK(daemon_log_has(want), "daemon log lacks '%s'", want);
     free(want);
     pub_close(&p);
@@ -446,23 +240,23 @@ static void kill9_fault(traffic *t, void *ctx, long long now)
 {
     kill9 *f = ctx;
     if (!t->t_fault && now - t->t0 >= 2000) {
-        h_redis_kill(SIGKILL);          /* node 0, the master: a crash */
+        sn_node_kill(0);                /* the master: a crash */
         t->t_fault = h_now_ms();
     }
     if (t->t_fault && !f->t_agree && now - f->last_check >= 200) {
         f->last_check = now;
-        if (sentinels_agree() == T.port[1]) {
+        if (sn_agree() == SN.port[1]) {
             /* Only now: restarted earlier, the empty node would be taken
              * for the master by a sentinel that did not switch yet. */
             f->t_agree = h_now_ms();
-            node_start(0, 0);
+            sn_node_start(0, 0);
             snprintf(t->note, sizeof t->note, "sentinels agreed %lld ms in",
                      f->t_agree - t->t0);
         }
     }
     if (f->t_agree && !f->t_converted && now - f->last_check >= 200) {
         f->last_check = now;
-        if (h_replica_online(T.port[1], T.port[0]))
+        if (h_replica_online(SN.port[1], SN.port[0]))
             f->t_converted = h_now_ms();
     }
 }
@@ -475,7 +269,7 @@ START_TEST(t_failover_kill)
 {
     /* The daemon trims what every group has acked: a group that never reads
      * keeps every entry for the count at the end. */
-    redisReply *ar = h_redis_at(T.port[0], "XGROUP CREATE sb:dur audit 0 MKSTREAM");
+    redisReply *ar = h_redis_at(SN.port[0], "XGROUP CREATE sb:dur audit 0 MKSTREAM");
     H_CHECK(ar && ar->type == REDIS_REPLY_STATUS, "XGROUP CREATE audit failed");
     freeReplyObject(ar);
     sn_daemon_start("[stream dur]\n"
@@ -488,9 +282,9 @@ START_TEST(t_failover_kill)
     kill9 f = { 0 };
     traffic_open(&t, "dur");
     traffic_run(&t, "failover", kill9_fault, &f);
-    int master = sentinels_agree();
-    H_CHECK(master == T.port[1], "sentinels name port %d, want the promoted %d", master,
-            T.port[1]);
+    int master = sn_agree();
+    H_CHECK(master == SN.port[1], "sentinels name port %d, want the promoted %d", master,
+            SN.port[1]);
     /* Redeliveries of what the crash swallowed come after ack_timeout_ms
      * (2 s) at the latest. */
     traffic_count(&t, master, "sb:dur");
@@ -525,9 +319,9 @@ START_TEST(t_failover_manual)
     ck_assert(ids && dids);
     long dn = 1;
     H_CHECK(pub_until_ok(&p, 1, ids[1], 64, 5000) == 0, "first pub not ok");
-    H_CHECK(h_redis_has_entry(T.port[0], "sb:man", ids[1]), "first entry not on the master");
+    H_CHECK(h_redis_has_entry(SN.port[0], "sb:man", ids[1]), "first entry not on the master");
 
-    redisReply *r = h_redis_at(T.sport[0], "SENTINEL FAILOVER %s", MASTER_NAME);
+    redisReply *r = h_redis_at(SN.sport[0], "SENTINEL FAILOVER %s", SN_MASTER_NAME);
     H_CHECK(r && r->type == REDIS_REPLY_STATUS, "SENTINEL FAILOVER: %s",
             r && r->str ? r->str : "no reply");
     freeReplyObject(r);
@@ -540,8 +334,8 @@ START_TEST(t_failover_manual)
                 "(indeterminate %ld, unavailable %ld, no reply %ld)", p.indeterminate,
                 p.unavailable, p.noreply);
         H_CHECK(pub_until_ok(&p, n, ids[n], 64, 10000) == 0, "pub m%ld not ok in 10 s", n);
-        if (h_redis_has_entry(T.port[1], "sb:man", ids[n]) &&
-            !h_redis_has_entry(T.port[0], "sb:man", ids[n]))
+        if (h_redis_has_entry(SN.port[1], "sb:man", ids[n]) &&
+            !h_redis_has_entry(SN.port[0], "sb:man", ids[n]))
             t_follow = h_now_ms();
         n++;
         if (dn < MAXIDS && pub_try(&pd, dn, dids[dn], 64) == PUB_OK)
@@ -549,16 +343,16 @@ START_TEST(t_failover_manual)
         h_sleep_ms(50);
     }
     H_CHECK(t_follow, "no pub reached the new master");
-    int agreed = sentinels_agree();
-    char *want = h_fmt("master is now 127.0.0.1:%d", T.port[1]);
+    int agreed = sn_agree();
+    char *want = h_fmt("master is now 127.0.0.1:%d", SN.port[1]);
     H_CHECK(daemon_log_has(want), "daemon log lacks '%s'", want);
     free(want);
 
     long lost = 0, dlost = 0;
     for (long i = 1; i < n; i++)
-        lost += !h_redis_has_entry(T.port[1], "sb:man", ids[i]);
+        lost += !h_redis_has_entry(SN.port[1], "sb:man", ids[i]);
     for (long i = 1; i < dn; i++)
-        dlost += !h_redis_has_entry(T.port[1], "sb:mand", dids[i]);
+        dlost += !h_redis_has_entry(SN.port[1], "sb:mand", dids[i]);
     fprintf(stderr, "check_sentinel: manual: pub ok on the new master %lld ms after SENTINEL "
             "FAILOVER; %ld pubs ok, indeterminate %ld, unavailable %ld, no reply %ld; "
             "sentinels agree on %d; %ld ok'd pubs not on the new master (durability = redis: "
@@ -567,7 +361,7 @@ START_TEST(t_failover_manual)
             p.indeterminate, p.unavailable, p.noreply, agreed, lost, dn - 1,
             pd.indeterminate, pd.unavailable, dlost);
     H_CHECK(t_follow - t0 < 10000, "daemon followed only after %lld ms", t_follow - t0);
-    H_CHECK(h_redis_has_entry(T.port[1], "sb:man", ids[1]), "the entry from before the failover "
+    H_CHECK(h_redis_has_entry(SN.port[1], "sb:man", ids[1]), "the entry from before the failover "
             "is not on the new master");
     H_CHECK(dn > 1, "no replicas:1 pub was ok");
     H_CHECK(dlost == 0, "%ld replicas:1 pubs answered ok are not on the new master", dlost);

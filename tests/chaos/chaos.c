@@ -2,7 +2,7 @@
  * chaos.c: fault injection against the real streambusd and redis-server
  * ("make chaos", "make chaos-short").
  *
- * Seven scenarios, each a Check test case run in its own forked child with
+ * Eight scenarios, each a Check test case run in its own forked child with
  * its own streambusd(s) on free loopback ports (tests/harness.c).  The
  * first five have their own redis-server (AOF, appendfsync always, so that
  * a Redis killed with -9 and restarted keeps every write it answered):
@@ -22,6 +22,16 @@
  *   sigterm        streambusd is stopped with SIGTERM mid-traffic: it must
  *                  exit 0 and send {"op":"bye","reason":"shutdown"} to every
  *                  client, then it is restarted.
+ *
+ * The sixth has a master, its replica and three sentinels instead
+ * (tests/redis_sentinel.c: no persistence, down-after-milliseconds 2000);
+ * the daemon names only the sentinels and the master name:
+ *
+ *   sentinel_failover  the master is killed with SIGKILL; the sentinels
+ *                  promote the replica; the killed node is restarted empty
+ *                  on its port 2 s after they agree, and the sentinels make
+ *                  it a replica of the new master.  The stream has
+ *                  durability = replicas:1, as cluster_failover below.
  *
  * The last two have a Redis Cluster of three masters with a replica each
  * instead (tests/redis_cluster.c: AOF, appendfsync always,
@@ -50,8 +60,8 @@
  *                  dedup key is missing) and maybe MOVED.
  *
  * In both, the accounting reads the slot's master once the cluster is ok
- * again.  Their faults repeat every 15 s of traffic (at least once); the
- * next failover kills the new master.  The time from a fault (the kill; for
+ * again.  The faults of the last three repeat every 15 s of traffic (at
+ * least once); the next failover kills the new master.  The time from a fault (the kill; for
  * a reshard, MIGRATING) to the first pub, sent after it, answered ok is
  * reported ("pubs ok again").
  *
@@ -89,6 +99,7 @@
  */
 #include "harness.h"
 #include "redis_cluster.h"
+#include "redis_sentinel.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -131,13 +142,14 @@
 /* two_daemons: an ack deadline far above 5 s, so that redeliveries after
  * the kill prove the dead daemon's consumers were released, not expired. */
 #define TWO_DAEMONS_ACK_TIMEOUT_MS 15000
-/* The cluster scenarios: one fault per this much traffic (at least one);
- * the killed master comes back this long after its replica's promotion.
+/* The Sentinel and cluster scenarios: one fault per this much traffic (at
+ * least one); the killed master comes back this long after its replica's
+ * promotion.
  * A reshard moves the keys of the slot (a dedup key per pub) in about
  * RESHARD_BATCHES MIGRATEs, RESHARD_PAUSE_MS apart, so that it lasts a
  * second or two whatever their number, with traffic between the steps. */
-#define CLUSTER_FAULT_EVERY_S  15
-#define CLUSTER_RESTART_MS     2000
+#define HA_FAULT_EVERY_S       15
+#define HA_RESTART_MS          2000
 #define RESHARD_BATCHES        20
 #define RESHARD_PAUSE_MS       50
 #define RBUF_MAX           (1u << 20)
@@ -188,11 +200,12 @@ static int id_parse(const char *s, uint64_t *ms, uint32_t *seq)
 /* ---------------------------------------------------------------- state */
 
 enum { S_CONSUMER_KILL, S_DAEMON_KILL9, S_REDIS_RESTART, S_TWO_DAEMONS, S_SIGTERM,
-       S_CLUSTER_FAILOVER, S_CLUSTER_RESHARD, S_COUNT };
-#define S_FIRST_CLUSTER S_CLUSTER_FAILOVER      /* this one and the next: a cluster */
+       S_SENTINEL_FAILOVER, S_CLUSTER_FAILOVER, S_CLUSTER_RESHARD, S_COUNT };
+#define S_FIRST_SENTINEL S_SENTINEL_FAILOVER    /* Sentinel: this one */
+#define S_FIRST_CLUSTER  S_CLUSTER_FAILOVER     /* a cluster: this one and the next */
 static const char *scen_names[S_COUNT] = {
     "consumer_kill", "daemon_kill9", "redis_restart", "two_daemons", "sigterm",
-    "cluster_failover", "cluster_reshard"
+    "sentinel_failover", "cluster_failover", "cluster_reshard"
 };
 
 enum { R_PUB, R_CONS };
@@ -242,6 +255,7 @@ static struct {
     const char *name;
     char stream[64];
     char key[96], dlqkey[128];
+    int  sentinel;                  /* a Sentinel scenario */
     int  cluster, slot;             /* a cluster scenario; the stream's slot */
     long cap, issued;
     /* per n */
@@ -282,7 +296,7 @@ static struct {
 static struct {
     int planned, done, state;
     long long next_at, t, t2;
-    int victim, heir;               /* cluster_failover: nodes */
+    int victim, heir;               /* the failovers: nodes */
     cl_migration mg;                /* cluster_reshard, */
     long long errs[2][3];           /* and its src's and dst's errorstats */
 } F;
@@ -332,11 +346,12 @@ static int chaos_redis_start(void)
     return -1;
 }
 
-/* The Redis that holds the stream: the only one, or in a cluster the
- * master of its slot; NULL while none answers (or the nodes disagree). */
+/* The Redis that holds the stream: the only one, the master the sentinels
+ * name, or in a cluster the master of its slot; NULL while none answers
+ * (or the sentinels or nodes disagree). */
 static redisContext *redis_open(void)
 {
-    int port = C.cluster ? cl_owner(C.slot) : H.redis_port;
+    int port = C.cluster ? cl_owner(C.slot) : C.sentinel ? sn_agree() : H.redis_port;
     return port > 0 ? h_redis_open(port, 10000) : NULL;
 }
 
@@ -1003,10 +1018,10 @@ static void fault_init(void)
     case S_REDIS_RESTART:
         F.planned = opt_seconds / 8 > 1 ? opt_seconds / 8 : 1;
         break;
+    case S_SENTINEL_FAILOVER:
     case S_CLUSTER_FAILOVER:
     case S_CLUSTER_RESHARD:
-        F.planned = opt_seconds / CLUSTER_FAULT_EVERY_S > 1 ?
-                    opt_seconds / CLUSTER_FAULT_EVERY_S : 1;
+        F.planned = opt_seconds / HA_FAULT_EVERY_S > 1 ? opt_seconds / HA_FAULT_EVERY_S : 1;
         break;
     default:
         F.planned = opt_seconds / 10 > 1 ? opt_seconds / 10 : 1;
@@ -1036,74 +1051,114 @@ static void fault_done(void)
     fault_schedule();
 }
 
-/* A fault's wait for the cluster, polled every 200 ms (F.t2: the last
- * poll): 1 once cond holds; CL_WAIT_MS after the fault struck (F.t) the
- * scenario fails, and 1 too, so that it goes on. */
-static int cluster_waited(long long now, int (*cond)(void), const char *what)
+/* A fault's wait for the sentinels or the cluster, polled every 200 ms
+ * (F.t2: the last poll): 1 once cond holds; SN_WAIT_MS or CL_WAIT_MS after
+ * the fault struck (F.t) the scenario fails, and 1 too, so that it goes on. */
+static int topology_waited(long long now, int (*cond)(void), const char *what)
 {
+    int bound = C.cluster ? CL_WAIT_MS : SN_WAIT_MS;
     if (now - F.t2 < 200)
         return 0;
     F.t2 = now;
     if (cond())
         return 1;
-    if (now - F.t < CL_WAIT_MS)
+    if (now - F.t < bound)
         return 0;
-    note("%s: not within %d ms", what, CL_WAIT_MS);
+    note("%s: not within %d ms", what, bound);
     C.failed = 1;
     return 1;
 }
 
+/* The failovers: the same steps with Sentinel's two nodes or the cluster's
+ * six, these telling them apart. */
+static int ha_port(int i)
+{
+    return C.cluster ? CL.port[i] : SN.port[i];
+}
+
+/* The index of the stream's master, its replica: -1 while unknown. */
+static int ha_master(void)
+{
+    if (C.cluster)
+        return cl_topology() ? slot_master() : -1;
+    int port = sn_agree();
+    return port == SN.port[0] ? 0 : port == SN.port[1] ? 1 : -1;
+}
+
+static int ha_replica_of(int m)
+{
+    return C.cluster ? cl_replica_of(m) : 1 - m;
+}
+
+static void ha_kill(int i)
+{
+    if (C.cluster)
+        h_stop(&CL.node[i], SIGKILL, 2000);
+    else
+        sn_node_kill(i);
+}
+
+/* The killed node back: the cluster's on its port and directory; Sentinel's
+ * empty, for the sentinels to make a replica. */
+static void ha_restart(int i)
+{
+    if (C.cluster)
+        cl_node_restart(i);
+    else
+        sn_node_start(i, 0);
+}
+
 static int heir_promoted(void)
 {
-    return cl_owner(C.slot) == CL.port[F.heir];
+    return (C.cluster ? cl_owner(C.slot) : sn_agree()) == ha_port(F.heir);
 }
 
 static int victim_replica_again(void)
 {
-    return h_replica_online(CL.port[F.heir], CL.port[F.victim]);
+    return h_replica_online(ha_port(F.heir), ha_port(F.victim));
 }
 
-/* 0: at the planned time, SIGKILL to the slot's master (its replica must
- * be online); 1: until the nodes name the replica as the slot's master;
- * 2: CLUSTER_RESTART_MS after that (F.t2), the old master restarts on its
- * port and directory; 3: until it is an online replica of the new master. */
-static void cluster_failover_step(long long now, int traffic)
+/* 0: at the planned time, SIGKILL to the stream's master (its replica must
+ * be online); 1: until the sentinels or the nodes name the replica as the
+ * master; 2: HA_RESTART_MS after that (F.t2), the old master restarts on
+ * its port; 3: until it is an online replica of the new master. */
+static void failover_step(long long now, int traffic)
 {
     switch (F.state) {
     case 0:
         if (!traffic || F.done >= F.planned || now < F.next_at)
             return;
-        F.victim = cl_topology() ? slot_master() : -1;
-        F.heir = F.victim >= 0 ? cl_replica_of(F.victim) : -1;
-        if (F.heir < 0 || !h_replica_online(CL.port[F.victim], CL.port[F.heir])) {
+        F.victim = ha_master();
+        F.heir = F.victim >= 0 ? ha_replica_of(F.victim) : -1;
+        if (F.heir < 0 || !h_replica_online(ha_port(F.victim), ha_port(F.heir))) {
             F.next_at = now + 500;      /* the last failover is not over */
             return;
         }
-        h_stop(&CL.node[F.victim], SIGKILL, 2000);
+        ha_kill(F.victim);
         C.fault_mark = mono();
-        note("master of slot %d (:%d) killed with SIGKILL; its replica is :%d", C.slot,
-             CL.port[F.victim], CL.port[F.heir]);
+        note("the stream's master :%d killed with SIGKILL; its replica is :%d",
+             ha_port(F.victim), ha_port(F.heir));
         C.faults++;
         F.state = 1;
         F.t = F.t2 = now;
         break;
     case 1:
-        if (cluster_waited(now, heir_promoted, "promotion of the replica")) {
-            note("replica :%d promoted, %lld ms after the kill", CL.port[F.heir], now - F.t);
+        if (topology_waited(now, heir_promoted, "promotion of the replica")) {
+            note("replica :%d promoted, %lld ms after the kill", ha_port(F.heir), now - F.t);
             F.state = 2;
         }
         break;
     case 2:
-        if (now - F.t2 < CLUSTER_RESTART_MS)
+        if (now - F.t2 < HA_RESTART_MS)
             return;
-        cl_node_restart(F.victim);
-        note("old master :%d restarted on its port and directory", CL.port[F.victim]);
+        ha_restart(F.victim);
+        note("old master :%d restarted on its port", ha_port(F.victim));
         F.state = 3;
         break;
     case 3:
-        if (cluster_waited(now, victim_replica_again, "old master a replica again")) {
-            note(":%d an online replica of :%d, %lld ms after the kill", CL.port[F.victim],
-                 CL.port[F.heir], now - F.t);
+        if (topology_waited(now, victim_replica_again, "old master a replica again")) {
+            note(":%d an online replica of :%d, %lld ms after the kill", ha_port(F.victim),
+                 ha_port(F.heir), now - F.t);
             fault_done();
         }
         break;
@@ -1331,8 +1386,9 @@ static void fault_step(long long now)
         }
         break;
 
+    case S_SENTINEL_FAILOVER:
     case S_CLUSTER_FAILOVER:
-        cluster_failover_step(now, traffic);
+        failover_step(now, traffic);
         break;
 
     case S_CLUSTER_RESHARD:
@@ -1687,6 +1743,7 @@ static void scenario(int sid)
     C.sid = sid;
     C.name = scen_names[sid];
     rng_state = opt_seed ^ (0x9E3779B97F4A7C15ull * (unsigned long long)(sid + 1));
+    C.sentinel = sid >= S_FIRST_SENTINEL && sid < S_FIRST_CLUSTER;
     C.cluster = sid >= S_FIRST_CLUSTER;
     snprintf(C.stream, sizeof C.stream, "chaos_%s", C.name);
     /* In a cluster every key of the stream is in the slot of its name. */
@@ -1700,12 +1757,17 @@ static void scenario(int sid)
                  C.stream, TWO_DAEMONS_ACK_TIMEOUT_MS);
     /* See the top: what the killed master had not replicated is lost
      * unless a pub waits for its replica. */
-    if (sid == S_CLUSTER_FAILOVER)
+    if (sid == S_SENTINEL_FAILOVER || sid == S_CLUSTER_FAILOVER)
         snprintf(H.conf_extra, sizeof H.conf_extra,
                  "[stream %s]\ndurability = replicas:1:2000\n", C.stream);
     if (C.cluster) {
         C.slot = cl_keyslot(C.key);
         snprintf(H.conf_redis, sizeof H.conf_redis, "cluster = %s\n", CL.seeds);
+    }
+    if (C.sentinel) {
+        char *lines = sn_conf_redis();
+        snprintf(H.conf_redis, sizeof H.conf_redis, "%s", lines);
+        free(lines);
     }
     C.rel_limit_ms = sid == S_CONSUMER_KILL ? RELEASE_CLOSE_MS :
                      sid == S_TWO_DAEMONS ? RELEASE_DEAD_MS : 0;
@@ -1725,6 +1787,10 @@ static void scenario(int sid)
         printf("chaos[%s]: cluster %s, slot %d on :%d, streambusd :%d, %d s of traffic at "
                "%d/s, seed %llu\n", C.name, CL.seeds, C.slot, cl_owner(C.slot), H.port,
                opt_seconds, opt_rate, opt_seed);
+    else if (C.sentinel)
+        printf("chaos[%s]: master :%d, replica :%d, sentinels %s, streambusd :%d, %d s of "
+               "traffic at %d/s, seed %llu\n", C.name, SN.port[0], SN.port[1], SN.sentinels,
+               H.port, opt_seconds, opt_rate, opt_seed);
     else
         printf("chaos[%s]: redis :%d, streambusd :%d%s, %d s of traffic at %d/s, seed %llu\n",
                C.name, H.redis_port, H.port, daemons == 2 ? " and a second one" : "",
@@ -1868,6 +1934,13 @@ static void chaos_setup(void)
     ck_abort_msg("redis-server with AOF did not start");
 }
 
+/* A failure's stop of every process, whatever the fixture. */
+static void chaos_stop_all(void)
+{
+    sn_stop_all();
+    cl_stop_all();
+}
+
 START_TEST(t_scenario)
 {
     scenario(_i);
@@ -1876,12 +1949,14 @@ END_TEST
 
 /* ----------------------------------------------------------------- main */
 
-/* The scenarios first..last that share a fixture, one test case; none if
- * the range is empty.  Its timeout: traffic, settle and drain bounds,
- * restarts, and extra_s for the fixture's waits. */
-static void add_scenarios(Suite *s, const char *name, int first, int last,
+/* The scenarios of first..last within lo..hi, that share a fixture: one
+ * test case; none if there are none.  Its timeout: traffic, settle and
+ * drain bounds, restarts, and extra_s for the fixture's waits. */
+static void add_scenarios(Suite *s, const char *name, int first, int last, int lo, int hi,
                           void (*setup)(void), void (*teardown)(void), int extra_s)
 {
+    first = first > lo ? first : lo;
+    last = last < hi ? last : hi;
     if (first > last)
         return;
     TCase *tc = h_tcase(s, name, opt_seconds + SETTLE_MS / 1000 + DRAIN_MAX_MS / 1000 + 90 +
@@ -1948,12 +2023,13 @@ int main(int argc, char **argv)
     close(rfd);
 
     h_global_init();
-    h_on_fail("chaos", cl_stop_all);
+    h_on_fail("chaos", chaos_stop_all);
     Suite *s = suite_create("chaos");
-    add_scenarios(s, "chaos", first, last < S_FIRST_CLUSTER ? last : S_FIRST_CLUSTER - 1,
-                  chaos_setup, h_teardown, 0);
-    add_scenarios(s, "cluster", first > S_FIRST_CLUSTER ? first : S_FIRST_CLUSTER, last,
-                  cl_setup, h_teardown_all, CL_WAIT_MS / 1000 * 3);
+    add_scenarios(s, "chaos", first, last, 0, S_FIRST_SENTINEL - 1, chaos_setup, h_teardown, 0);
+    add_scenarios(s, "sentinel", first, last, S_FIRST_SENTINEL, S_FIRST_CLUSTER - 1, sn_setup,
+                  h_teardown_all, SN_WAIT_MS / 1000 * 3);
+    add_scenarios(s, "cluster", first, last, S_FIRST_CLUSTER, S_COUNT - 1, cl_setup,
+                  h_teardown_all, CL_WAIT_MS / 1000 * 3);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
