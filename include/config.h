@@ -66,6 +66,7 @@ struct config {
 	char   *sentinels;		/* "host:port,host:port", or NULL */
 	char   *master_name;
 	char   *cluster;		/* "host:port,host:port" seeds, or NULL */
+	char   *password_file;	/* the Redis password, read at start and reload */
 	/* [defaults] and [stream NAME] */
 	struct stream_conf defaults;
 	struct stream_conf *streams;

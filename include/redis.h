@@ -59,6 +59,8 @@ int redis_cmd_argv_ordered(struct redis_link *l, redis_cb *cb, void *arg, int ar
 
 /* Where to connect and how to log in; applies to links started after. */
 void redis_configure(const struct config *cfg);
+/* A new password (or none) for the links that connect from now on. */
+void redis_set_password(const char *password);
 /* Sentinel's answer: reconnect every link to this master. */
 void redis_set_master(const char *host, int port);
 /* Number of links connected or connecting. */

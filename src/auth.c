@@ -91,25 +91,62 @@ auth_parse_line(struct auth_table *t, char *line, char *err, size_t errlen,
 	return 0;
 }
 
-struct auth_table *
-auth_load(const char *path, char *err, size_t errlen)
+/* A file of secrets, opened only when no other user can read it (or
+ * write it: it could be swapped). */
+static FILE *
+auth_open_private(const char *path, const char *what, char *err, size_t errlen)
 {
-	struct auth_table *t;
 	struct stat st;
-	char line[AUTH_MAX_LINE];
-	int lineno = 0;
 	FILE *f = fopen(path, "r");
 
 	if (f == NULL) {
 		snprintf(err, errlen, "%s: %s", path, strerror(errno));
 		return NULL;
 	}
-	if (fstat(fileno(f), &st) != 0 || (st.st_mode & (S_IRGRP | S_IROTH | S_IWOTH))) {
-		snprintf(err, errlen, "%s: token file must not be readable by other users "
-		    "(chmod 600)", path);
+	if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) ||
+	    (st.st_mode & (S_IRGRP | S_IROTH | S_IWOTH))) {
+		snprintf(err, errlen, "%s: %s must be a file not readable by other users "
+		    "(chmod 600)", path, what);
 		fclose(f);
 		return NULL;
 	}
+	return f;
+}
+
+char *
+auth_read_secret(const char *path, char *err, size_t errlen)
+{
+	char line[AUTH_MAX_LINE];
+	char *secret = NULL;
+	FILE *f = auth_open_private(path, "password file", err, errlen);
+
+	if (f == NULL)
+		return NULL;
+	if (fgets(line, sizeof(line), f) == NULL)
+		line[0] = '\0';
+	line[strcspn(line, "\r\n")] = '\0';
+	if (line[0] == '\0')
+		snprintf(err, errlen, "%s: password file: the first line is empty", path);
+	else if (strlen(line) > AUTH_MAX_TOKEN)
+		snprintf(err, errlen, "%s: password file: longer than %d bytes", path,
+		    AUTH_MAX_TOKEN);
+	else if ((secret = strdup(line)) == NULL)
+		snprintf(err, errlen, "%s: out of memory", path);
+	explicit_bzero(line, sizeof(line));
+	fclose(f);
+	return secret;
+}
+
+struct auth_table *
+auth_load(const char *path, char *err, size_t errlen)
+{
+	struct auth_table *t;
+	char line[AUTH_MAX_LINE];
+	int lineno = 0;
+	FILE *f = auth_open_private(path, "token file", err, errlen);
+
+	if (f == NULL)
+		return NULL;
 	if ((t = calloc(1, sizeof(*t))) == NULL) {
 		fclose(f);
 		return NULL;

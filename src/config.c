@@ -48,6 +48,7 @@ static const struct config_key config_keys[] = {
 	{ "redis", "connect_timeout_ms", KEY_LONG, S(connect_timeout_ms), 10, 600000 },
 	{ "redis", "pub_wait_ms", KEY_LONG, S(pub_wait_ms), 0, 600000 },
 	{ "redis", "sentinels", KEY_STRING, S(sentinels), 0, 0 },
+	{ "redis", "password_file", KEY_STRING, S(password_file), 0, 0 },
 	{ "redis", "master_name", KEY_STRING, S(master_name), 0, 0 },
 	{ "redis", "cluster", KEY_STRING, S(cluster), 0, 0 },
 	{ "stream", "ack_timeout_ms", KEY_LONG, T(ack_timeout_ms), 100, 86400000 },
@@ -232,7 +233,8 @@ config_redact_url(const char *text, char *out, size_t outlen)
 		snprintf(out, outlen, "redis://***%s", at);
 }
 
-/* redis://[[USER]:PASSWORD@]HOST:PORT[/DB] */
+/* redis://[[USER]:PASSWORD@]HOST:PORT[/DB], or USER@ alone (the password
+ * then comes from redis.password_file). */
 int
 config_parse_redis_url(const char *text, struct redis_url *out, char *err, size_t errlen)
 {
@@ -250,13 +252,18 @@ config_parse_redis_url(const char *text, struct redis_url *out, char *err, size_
 	at = strrchr(p, '@');
 	if (at != NULL) {
 		const char *colon = memchr(p, ':', at - p);
-		if (colon == NULL) {
-			config_error(err, errlen, "redis url: credentials must be [USER]:PASSWORD in \"%s\"", shown);
+		if (colon == NULL && at == p) {
+			config_error(err, errlen, "redis url: credentials must be USER, USER:PASSWORD "
+			    "or :PASSWORD in \"%s\"", shown);
 			return -1;
 		}
-		if (colon > p)
-			u.user = strndup(p, colon - p);
-		u.password = strndup(colon + 1, at - colon - 1);
+		if (colon == NULL)
+			u.user = strndup(p, at - p);
+		else {
+			if (colon > p)
+				u.user = strndup(p, colon - p);
+			u.password = strndup(colon + 1, at - colon - 1);
+		}
 		p = at + 1;
 	}
 	slash = strchr(p, '/');

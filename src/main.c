@@ -57,6 +57,29 @@ usage(FILE *f)
 	    "  -h, --help            this help\n", CONFIG_DEFAULT_PATH);
 }
 
+/* The Redis password: from redis.password_file, or in the url (not both);
+ * a user needs one. */
+static int
+main_redis_password(struct config *cfg, char *err, size_t errlen)
+{
+	if (cfg->password_file != NULL) {
+		if (cfg->redis.password != NULL) {
+			snprintf(err, errlen, "redis.password_file and a password in the redis url: "
+			    "give one of them");
+			return -1;
+		}
+		if ((cfg->redis.password = auth_read_secret(cfg->password_file, err,
+		    errlen)) == NULL)
+			return -1;
+	}
+	if (cfg->redis.user != NULL && cfg->redis.password == NULL) {
+		snprintf(err, errlen, "the redis url names user \"%.64s\" but no password: give it "
+		    "in the url or in redis.password_file", cfg->redis.user);
+		return -1;
+	}
+	return 0;
+}
+
 /* Build a config (and its token table) from the file and the overrides. */
 static struct config *
 main_load_config(struct auth_table **auth, char *err, size_t errlen)
@@ -73,7 +96,8 @@ main_load_config(struct auth_table **auth, char *err, size_t errlen)
 	if ((path != NULL && config_load_file(cfg, path, err, errlen) != 0) ||
 	    (M.listen && config_set_listen(cfg, M.listen, err, errlen) != 0) ||
 	    (M.metrics && config_set_metrics(cfg, M.metrics, err, errlen) != 0) ||
-	    (M.redis && config_set_redis_url(cfg, M.redis, err, errlen) != 0)) {
+	    (M.redis && config_set_redis_url(cfg, M.redis, err, errlen) != 0) ||
+	    main_redis_password(cfg, err, errlen) != 0) {
 		config_free(cfg);
 		return NULL;
 	}
@@ -196,6 +220,12 @@ main_reload(void)
 		log_warn("main", 0, "reload: listen, unix_socket, metrics.listen, redis.url, "
 		    "redis.prefix, redis.cluster, redis.sentinels and connect_timeout_ms change "
 		    "only on restart; keeping the running values");
+	/* A new password (a rotated password_file) serves the next connections. */
+	if (strcmp(ncfg->redis_url_text, old->redis_url_text) == 0 &&
+	    !util_streq(ncfg->redis.password, old->redis.password)) {
+		redis_set_password(ncfg->redis.password);
+		log_info("main", 0, "reload: new Redis password; used from the next connection");
+	}
 	free(ncfg->prefix);
 	ncfg->prefix = strdup(old->prefix);
 	if (ncfg->prefix == NULL) {

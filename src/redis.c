@@ -121,11 +121,17 @@ redis_configure(const struct config *cfg)
 	    cfg->sentinels != NULL || cfg->cluster != NULL ? "" : cfg->redis.host);
 	redis_settings.port = cfg->redis.port;
 	free(redis_settings.user);
-	free(redis_settings.password);
 	redis_settings.user = cfg->redis.user ? strdup(cfg->redis.user) : NULL;
-	redis_settings.password = cfg->redis.password ? strdup(cfg->redis.password) : NULL;
+	redis_set_password(cfg->redis.password);
 	redis_settings.db = cfg->redis.db;
 	redis_settings.connect_timeout_ms = cfg->connect_timeout_ms;
+}
+
+void
+redis_set_password(const char *password)
+{
+	free(redis_settings.password);
+	redis_settings.password = password ? strdup(password) : NULL;
 }
 
 /* At exit: give the cached call records back. */

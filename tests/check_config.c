@@ -225,6 +225,7 @@ START_TEST(test_every_key)
 	    "listen = 0.0.0.0:9100\n"
 	    "[redis]\n"
 	    "url = redis://u:p@10.0.0.1:6380/3\n"
+	    "password_file = /etc/streambus/redis-password\n"
 	    "prefix = app:\n"
 	    "max_inflight = 10000000\n"
 	    "connect_timeout_ms = 10\n"
@@ -258,6 +259,8 @@ START_TEST(test_every_key)
 	ck_assert_int_eq(cfg->redis.db, 3);
 	ck_assert_str_eq(cfg->redis.user, "u");
 	ck_assert_str_eq(cfg->redis.password, "p");
+	/* read by the daemon, which refuses it with a password in the url */
+	ck_assert_str_eq(cfg->password_file, "/etc/streambus/redis-password");
 	ck_assert_str_eq(cfg->prefix, "app:");
 	ck_assert_int_eq(cfg->max_inflight, 10000000);
 	ck_assert_int_eq(cfg->connect_timeout_ms, 10);
@@ -446,8 +449,9 @@ START_TEST(test_errors)
 	ck_load_err("[redis]\nurl = redis://127.0.0.1\n",
 	    "t.conf:2: bad redis url \"redis://127.0.0.1\" "
 	    "(want redis://[[USER]:PASSWORD@]HOST:PORT[/DB])");
-	ck_load_err("[redis]\nurl = redis://secret@h:1\n",
-	    "t.conf:2: redis url: credentials must be [USER]:PASSWORD in \"redis://***@h:1\"");
+	ck_load_err("[redis]\nurl = redis://@h:1\n",
+	    "t.conf:2: redis url: credentials must be USER, USER:PASSWORD or :PASSWORD in "
+	    "\"redis://***@h:1\"");
 	ck_load_err("[stream bad!name]\nmaxlen = 1\n",
 	    "t.conf:1: [stream bad!name]: bad stream name (1..200 of A-Za-z0-9_.:-)");
 	ck_load_err("[stream a/b]\nmaxlen = 1\n",
@@ -576,8 +580,14 @@ START_TEST(test_redis_url)
 	}
 	ck_assert_int_eq(config_parse_redis_url("rediss://h:1", &u, err, sizeof(err)), -1);
 	ck_assert_str_eq(err, "redis url must start with redis:// (got \"rediss://h:1\")");
-	ck_assert_int_eq(config_parse_redis_url("redis://nocolon@h:1", &u, err, sizeof(err)), -1);
-	ck_assert_str_eq(err, "redis url: credentials must be [USER]:PASSWORD in \"redis://***@h:1\"");
+	ck_assert_int_eq(config_parse_redis_url("redis://@h:1", &u, err, sizeof(err)), -1);
+	ck_assert_str_eq(err, "redis url: credentials must be USER, USER:PASSWORD or :PASSWORD "
+	    "in \"redis://***@h:1\"");
+	/* A user alone: the password is in redis.password_file. */
+	ck_assert_int_eq(config_parse_redis_url("redis://carol@h:1/2", &u, err, sizeof(err)), 0);
+	ck_assert_str_eq(u.user, "carol");
+	ck_assert_ptr_null(u.password);
+	ck_assert_int_eq(u.db, 2);
 	/* err may be NULL. */
 	ck_assert_int_eq(config_parse_redis_url("x", &u, NULL, 0), -1);
 	ck_assert_str_eq(u.host, "h");

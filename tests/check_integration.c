@@ -2540,6 +2540,148 @@ START_TEST(t_auth_tokens)
 }
 END_TEST
 
+/* A password file with mode, holding pw. */
+static char *write_password(const char *pw, mode_t mode)
+{
+    char *path = h_fmt("%s/redis-password", H.dir);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "%s\n", pw);
+    fclose(f);
+    ck_assert_int_eq(chmod(path, mode), 0);
+    return path;
+}
+
+/* An integer reply to cmd in db of the harness's Redis. */
+static long long redis_int_in_db(int db, const char *cmd)
+{
+    redisContext *rc = h_redis_open(H.redis_port, 2000);
+    ck_assert_ptr_nonnull(rc);
+    redisReply *r = redisCommand(rc, "SELECT %d", db);
+    ck_assert_msg(r && r->type == REDIS_REPLY_STATUS, "SELECT %d failed", db);
+    freeReplyObject(r);
+    r = redisCommand(rc, cmd);
+    ck_assert_msg(r && r->type == REDIS_REPLY_INTEGER, "%s: no integer", cmd);
+    long long v = r->integer;
+    freeReplyObject(r);
+    redisFree(rc);
+    return v;
+}
+
+/* The Redis connections of user: how many, and how many of them in db. */
+static int redis_clients_of(const char *user, int db, int *in_db)
+{
+    redisReply *r = h_redis_at(H.redis_port, "CLIENT LIST");
+    ck_assert_msg(r && r->type == REDIS_REPLY_STRING, "CLIENT LIST failed");
+    char *want_user = h_fmt(" user=%s ", user), *want_db = h_fmt(" db=%d ", db);
+    int n = 0;
+    *in_db = 0;
+    for (char *line = strtok(r->str, "\n"); line; line = strtok(NULL, "\n"))
+        if (strstr(line, want_user)) {
+            n++;
+            *in_db += strstr(line, want_db) != NULL;
+        }
+    free(want_user);
+    free(want_db);
+    freeReplyObject(r);
+    return n;
+}
+
+/* A pub retried (Redis reconnecting) until ok, at most ms. */
+static int pub_until_ok(sb_client *c, const char *stream, int ms)
+{
+    long long end = h_now_ms() + ms;
+    for (int i = 0; i < 1000 && h_now_ms() < end; i++) {
+        json_t *r = h_req(c, "{'op':'pub','stream':'%s','data':1}", stream);
+        int ok = json_is_true(json_object_get(r, "ok"));
+        json_decref(r);
+        if (ok)
+            return 1;
+        h_sleep_ms(50);
+    }
+    return 0;
+}
+
+/* redis.url with an ACL user and a db, the password in redis.password_file:
+ * every connection logs in as that user and selects the db; a rotated
+ * password applies after SIGHUP to the next connections. */
+START_TEST(t_redis_acl_user_password_file)
+{
+    redisReply *r = h_redis_at(H.redis_port, "ACL SETUSER sbuser on >first-pw ~* &* +@all");
+    ck_assert_msg(r && r->type == REDIS_REPLY_STATUS, "ACL SETUSER failed");
+    freeReplyObject(r);
+    char *pwf = write_password("first-pw", 0600);
+    snprintf(H.redis_url, sizeof H.redis_url, "redis://sbuser@127.0.0.1:%d/3", H.redis_port);
+    char *lines = h_fmt("password_file = %s\n", pwf);
+    h_conf_redis(lines);
+    h_daemon_start();
+    sb_client *c = h_connect();
+    free(h_pub(c, "acl", "1"));
+    ck_assert_int_eq(redis_int_in_db(3, "XLEN sb:acl"), 1);
+    ck_assert_int_eq(redis_int_in_db(0, "EXISTS sb:acl"), 0);
+    int in_db, n = redis_clients_of("sbuser", 3, &in_db);
+    ck_assert_msg(n >= 1 && in_db == n, "%d connections of sbuser, %d of them in db 3", n, in_db);
+
+    /* Rotation: Redis and the file get a new password, SIGHUP, then the
+     * connections are cut: they come back with the new one. */
+    r = h_redis_at(H.redis_port, "ACL SETUSER sbuser resetpass >second-pw");
+    ck_assert_msg(r && r->type == REDIS_REPLY_STATUS, "ACL SETUSER resetpass failed");
+    freeReplyObject(r);
+    free(write_password("second-pw", 0600));
+    ck_assert_int_eq(kill(H.daemon.pid, SIGHUP), 0);
+    long long end = h_now_ms() + H_WAIT_MS;
+    char *log = NULL;
+    for (int i = 0; i < 500 && h_now_ms() < end; i++) {
+        free(log);
+        log = h_daemon_log();
+        if (log && strstr(log, "new Redis password"))
+            break;
+        h_sleep_ms(20);
+    }
+    ck_assert_msg(log && strstr(log, "new Redis password"), "no reload of the password");
+    free(log);
+    r = h_redis_at(H.redis_port, "CLIENT KILL USER sbuser");
+    ck_assert_msg(r && r->type == REDIS_REPLY_INTEGER && r->integer >= 1, "CLIENT KILL failed");
+    freeReplyObject(r);
+    ck_assert_msg(pub_until_ok(c, "acl", 10000), "no pub ok after the password rotation");
+    ck_assert_int_eq(redis_int_in_db(3, "XLEN sb:acl"), 2);
+    n = redis_clients_of("sbuser", 3, &in_db);
+    ck_assert_msg(n >= 1 && in_db == n, "after the rotation: %d connections of sbuser, %d in db 3",
+                  n, in_db);
+    free(pwf);
+    free(lines);
+}
+END_TEST
+
+/* Refused at start, exit 2 and a clear message: a password file others can
+ * read, a password both in the url and the file, a user without one. */
+START_TEST(t_redis_password_refused)
+{
+    char *pwf = write_password("pw", 0644);
+    const char *why[3] = { "not readable by other users", "give one of them", "but no password" };
+    const char *user[3] = { "u", "u:pw", "u" };
+    char *lines = h_fmt("password_file = %s\n", pwf);
+    for (int i = 0; i < 3; i++) {
+        if (i == 1)
+            ck_assert_int_eq(chmod(pwf, 0600), 0);
+        snprintf(H.redis_url, sizeof H.redis_url, "redis://%s@127.0.0.1:%d/0", user[i],
+                 H.redis_port);
+        snprintf(H.conf_redis, sizeof H.conf_redis, "%s", i < 2 ? lines : "");
+        ck_assert_int_eq(h_daemon_try_start(), -1);
+        ck_assert_msg(H.daemon.reaped && WIFEXITED(H.daemon.status) &&
+                      WEXITSTATUS(H.daemon.status) == 2, "case %d: status 0x%x, want exit 2",
+                      i, H.daemon.status);
+        H.daemon_expected_dead = 1;
+        char *log = h_daemon_log();
+        ck_assert_msg(log && strstr(log, why[i]), "case %d: log lacks '%s': %s", i, why[i],
+                      log ? log : "");
+        free(log);
+    }
+    free(lines);
+    free(pwf);
+}
+END_TEST
+
 START_TEST(t_auth_file_readable_refused)
 {
     char *path = write_tokens(0644);
@@ -2557,58 +2699,6 @@ START_TEST(t_auth_file_readable_refused)
 END_TEST
 
 /* ============================================================ main */
-
-static int auth_supported(void)
-{
-    char dir[] = "/tmp/sbauth.XXXXXX";
-    if (!mkdtemp(dir))
-        return 0;
-    char tok[300], conf[300], out[300];
-    snprintf(tok, sizeof tok, "%s/tokens", dir);
-    snprintf(conf, sizeof conf, "%s/c.conf", dir);
-    snprintf(out, sizeof out, "%s/out", dir);
-    FILE *f = fopen(tok, "w");
-    if (f) {
-        fputs("t pub=* sub=*\n", f);
-        fclose(f);
-    }
-    chmod(tok, 0600);
-    f = fopen(conf, "w");
-    if (f) {
-        fprintf(f, "[server]\nauth_tokens = %s\n", tok);
-        fclose(f);
-    }
-    int rc = -1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execl(h_daemon_path(), h_daemon_path(), "-t", "-c", conf, (char *)NULL);
-        _exit(127);
-    }
-    if (pid > 0) {
-        int st;
-        for (int i = 0; i < 500; i++) {
-            if (waitpid(pid, &st, WNOHANG) == pid) {
-                rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-                break;
-            }
-            usleep(10000);
-        }
-        if (rc == -1) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-        }
-    }
-    unlink(tok);
-    unlink(conf);
-    unlink(out);
-    rmdir(dir);
-    return rc == 0;
-}
 
 /* ============================================================ dead letters */
 /* The dlq and replay ops, and streambus-cli dlq (protocol: dlq, replay). */
@@ -3265,15 +3355,11 @@ int main(void)
     tcase_add_test(tc, t_unix_socket);
     tcase_add_test(tc, t_cli_bench);
 
-    int auth = auth_supported();
-    if (auth) {
-        tc = tcase(s, "auth", 20);
-        tcase_add_test(tc, t_auth_tokens);
-        tcase_add_test(tc, t_auth_file_readable_refused);
-    } else {
-        fprintf(stderr, "check_integration: SKIPPED test case 'auth' (token files, a later "
-                        "issue): streambusd -t rejects [server] auth_tokens\n");
-    }
+    tc = tcase(s, "auth", 20);
+    tcase_add_test(tc, t_auth_tokens);
+    tcase_add_test(tc, t_auth_file_readable_refused);
+    tcase_add_test(tc, t_redis_acl_user_password_file);
+    tcase_add_test(tc, t_redis_password_refused);
 
     tc = tcase(s, "dlq", 30);
     tcase_add_test(tc, t_dlq_list_fields);
@@ -3283,8 +3369,7 @@ int main(void)
     tcase_add_test(tc, t_dlq_bad_requests);
     tcase_add_test(tc, t_dlq_cli);
     tcase_add_test(tc, t_range);
-    if (auth)
-        tcase_add_test(tc, t_dlq_auth);
+    tcase_add_test(tc, t_dlq_auth);
 
     return h_run_suite(s);
 }

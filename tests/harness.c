@@ -756,8 +756,19 @@ int h_main(const char *prog, const char *suite, void (*setup)(void), void (*stop
 
 /* ---------------------------------------------------------- configuration */
 
+/* The Redis of the daemons: H.redis_url, or redis_port and db 0. */
+static void h_daemon_url(char *out, size_t outlen)
+{
+    if (H.redis_url[0])
+        snprintf(out, outlen, "%s", H.redis_url);
+    else
+        snprintf(out, outlen, "redis://127.0.0.1:%d/0", H.redis_port);
+}
+
 void h_write_conf(const char *path)
 {
+    char url[256];
+    h_daemon_url(url, sizeof url);
     FILE *f = fopen(path, "w");
     ck_assert_msg(f != NULL, "fopen %s: %s", path, strerror(errno));
     fprintf(f,
@@ -770,12 +781,12 @@ void h_write_conf(const char *path)
             "listen = 127.0.0.1:%d\n"
             "\n"
             "[redis]\n"
-            "url = redis://127.0.0.1:%d/0\n"
+            "url = %s\n"
             "%s\n"
             "[defaults]\n"
             "%s\n"
             "%s\n",
-            H.port, H.conf_server, H.metrics_port, H.redis_port,
+            H.port, H.conf_server, H.metrics_port, url,
             H.conf_redis, H.conf_defaults, H.conf_extra);
     ck_assert_int_eq(fclose(f), 0);
 }
@@ -867,11 +878,11 @@ static int daemon_ready(void)
 
 static int daemon_spawn_once(void)
 {
-    char listen[64], metrics[64], redis[128], log[700];
+    char listen[64], metrics[64], redis[256], log[700];
     snprintf(H.addr, sizeof H.addr, "127.0.0.1:%d", H.port);
     snprintf(listen, sizeof listen, "127.0.0.1:%d", H.port);
     snprintf(metrics, sizeof metrics, "127.0.0.1:%d", H.metrics_port);
-    snprintf(redis, sizeof redis, "redis://127.0.0.1:%d/0", H.redis_port);
+    h_daemon_url(redis, sizeof redis);
     snprintf(H.conf_path, sizeof H.conf_path, "%s/streambus.conf", H.dir);
     snprintf(log, sizeof log, "%s/daemon.log", H.dir);
     h_write_conf(H.conf_path);
@@ -945,10 +956,10 @@ void h_extra_start(int i)
     for (int attempt = 0; attempt < 3; attempt++) {
         if (attempt > 0 || !H.extra_port[i])
             H.extra_port[i] = h_free_port();
-        char listen[64], redis[128], log[700];
+        char listen[64], redis[256], log[700];
         snprintf(H.extra_addr[i], sizeof H.extra_addr[i], "127.0.0.1:%d", H.extra_port[i]);
         snprintf(listen, sizeof listen, "127.0.0.1:%d", H.extra_port[i]);
-        snprintf(redis, sizeof redis, "redis://127.0.0.1:%d/0", H.redis_port);
+        h_daemon_url(redis, sizeof redis);
         snprintf(log, sizeof log, "%s/daemon-extra%d.log", H.dir, i);
         char *argv[] = { daemon_bin, "-c", H.conf_path, "--listen", listen,
                          "--metrics", "off", "--redis", redis, NULL };

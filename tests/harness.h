@@ -45,6 +45,7 @@ typedef struct h_env {
     char   conf_path[600];
     char   conf_server[4096]; /* extra lines for [server] */
     char   conf_redis[1024];  /* extra lines for [redis] */
+    char   redis_url[256];    /* --redis and redis.url; "" = redis_port, db 0 */
     char   conf_defaults[1024];
     char   conf_extra[4096];  /* extra sections, verbatim */
     h_proc redis;
