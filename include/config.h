@@ -43,6 +43,7 @@ struct config {
 	/* [server] */
 	char   *listen;
 	char   *unix_socket;
+	long    unix_socket_mode;	/* permissions of the socket file */
 	long    max_clients;
 	long    max_line;
 	long    max_payload;

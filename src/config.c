@@ -15,7 +15,7 @@
 #include "config.h"
 #include "log.h"
 
-enum key_type { KEY_LONG, KEY_STRING, KEY_ADDR, KEY_URL, KEY_LOGLEVEL, KEY_DURABILITY };
+enum key_type { KEY_LONG, KEY_MODE, KEY_STRING, KEY_ADDR, KEY_URL, KEY_LOGLEVEL, KEY_DURABILITY };
 
 struct config_key {
 	const char   *section;		/* "stream" = [defaults] and [stream X] */
@@ -30,6 +30,7 @@ struct config_key {
 static const struct config_key config_keys[] = {
 	{ "server", "listen", KEY_ADDR, S(listen), 0, 0 },
 	{ "server", "unix_socket", KEY_STRING, S(unix_socket), 0, 0 },
+	{ "server", "unix_socket_mode", KEY_MODE, S(unix_socket_mode), 0, 0777 },
 	{ "server", "max_clients", KEY_LONG, S(max_clients), 1, 1000000 },
 	{ "server", "max_line", KEY_LONG, S(max_line), 256, 256L << 20 },
 	{ "server", "max_payload", KEY_LONG, S(max_payload), 16, 256L << 20 },
@@ -110,6 +111,7 @@ config_new(void)
 		return NULL;
 	cfg->listen = strdup("127.0.0.1:7070");
 	cfg->max_clients = 10000;
+	cfg->unix_socket_mode = 0660;
 	cfg->max_line = 1048576;
 	cfg->max_payload = 1048576;
 	cfg->shutdown_timeout_ms = 5000;
@@ -153,7 +155,7 @@ config_free(struct config *cfg)
 	for (size_t i = 0; i < CONFIG_NKEYS; i++) {
 		const struct config_key *k = &config_keys[i];
 		if (strcmp(k->section, "stream") != 0 && k->type != KEY_LONG &&
-		    k->type != KEY_LOGLEVEL)
+		    k->type != KEY_MODE && k->type != KEY_LOGLEVEL)
 			free(*(char **)((char *)cfg + k->offset));
 	}
 	config_free_redis_url(&cfg->redis);
@@ -353,17 +355,23 @@ config_parse_durability(const char *value, struct stream_conf *sc)
 }
 
 static int
-config_parse_long(const char *value, long min, long max, long *out)
+config_parse_number(const char *value, int base, long min, long max, long *out)
 {
 	char *end;
 	long v;
 
 	errno = 0;
-	v = strtol(value, &end, 10);
+	v = strtol(value, &end, base);
 	if (errno != 0 || end == value || *end != '\0' || v < min || v > max)
 		return -1;
 	*out = v;
 	return 0;
+}
+
+static int
+config_parse_long(const char *value, long min, long max, long *out)
+{
+	return config_parse_number(value, 10, min, max, out);
 }
 
 static int
@@ -416,6 +424,12 @@ config_apply(struct config_parse *p, const struct config_key *k, void *base,
 			    name, k->min, k->max, value);
 			return 0;
 		}
+		return 0;
+	case KEY_MODE:
+		if (strspn(value, "01234567") != strlen(value) ||
+		    config_parse_number(value, 8, k->min, k->max, slot) != 0)
+			config_fail(p, "%s: want an octal file mode such as 0660, got \"%s\"",
+			    name, value);
 		return 0;
 	case KEY_STRING:
 		if (*value == '\0') {

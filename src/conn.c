@@ -714,7 +714,8 @@ static int
 conn_listen_unix(const char *path)
 {
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	int fd;
+	mode_t old_mask;
+	int fd, rc;
 
 	if (strlen(path) >= sizeof(sun.sun_path)) {
 		log_err("conn", 0, "unix socket path too long: %s", path);
@@ -723,14 +724,18 @@ conn_listen_unix(const char *path)
 	strcpy(sun.sun_path, path);
 	unlink(path);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0 ||
-	    listen(fd, 1024) != 0) {
+	/* The file is created with unix_socket_mode: never connectable by
+	 * more users than that, not even between bind() and a chmod(). */
+	old_mask = umask(~(mode_t)C.cfg->unix_socket_mode & 0777);
+	rc = fd < 0 ? -1 : bind(fd, (struct sockaddr *)&sun, sizeof(sun));
+	umask(old_mask);
+	if (rc != 0 || listen(fd, 1024) != 0) {
 		log_err("conn", 0, "listen %s: %s", path, strerror(errno));
 		if (fd >= 0)
 			close(fd);
 		return -1;
 	}
-	log_info("conn", 0, "listening on %s", path);
+	log_info("conn", 0, "listening on %s (mode %04lo)", path, C.cfg->unix_socket_mode);
 	free(C.unix_path);
 	C.unix_path = strdup(path);
 	return conn_add_listener(fd);

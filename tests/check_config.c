@@ -142,6 +142,7 @@ START_TEST(test_defaults)
 	ck_assert_ptr_null(cfg->path);
 	ck_assert_str_eq(cfg->listen, "127.0.0.1:7070");
 	ck_assert_ptr_null(cfg->unix_socket);
+	ck_assert_int_eq(cfg->unix_socket_mode, 0660);
 	ck_assert_int_eq(cfg->max_clients, 10000);
 	ck_assert_int_eq(cfg->max_line, 1048576);
 	ck_assert_int_eq(cfg->max_payload, 1048576);
@@ -211,6 +212,7 @@ START_TEST(test_every_key)
 	    "[server]\n"
 	    "listen = [::1]:7071\n"
 	    "unix_socket = /run/streambus.sock\n"
+	    "unix_socket_mode = 600\n"
 	    "max_clients = 1\n"
 	    "max_line = 256\n"
 	    "max_payload = 16\n"
@@ -242,6 +244,7 @@ START_TEST(test_every_key)
 
 	ck_assert_str_eq(cfg->listen, "[::1]:7071");
 	ck_assert_str_eq(cfg->unix_socket, "/run/streambus.sock");
+	ck_assert_int_eq(cfg->unix_socket_mode, 0600);
 	ck_assert_int_eq(cfg->max_clients, 1);
 	ck_assert_int_eq(cfg->max_line, 256);
 	ck_assert_int_eq(cfg->max_payload, 16);
@@ -452,6 +455,12 @@ START_TEST(test_errors)
 	ck_load_err("[redis]\nurl = redis://@h:1\n",
 	    "t.conf:2: redis url: credentials must be USER, USER:PASSWORD or :PASSWORD in "
 	    "\"redis://***@h:1\"");
+	ck_load_err("[server]\nunix_socket_mode = 0999\n",
+	    "t.conf:2: unix_socket_mode: want an octal file mode such as 0660, got \"0999\"");
+	ck_load_err("[server]\nunix_socket_mode = 01000\n",
+	    "t.conf:2: unix_socket_mode: want an octal file mode such as 0660, got \"01000\"");
+	ck_load_err("[server]\nunix_socket_mode = -600\n",
+	    "t.conf:2: unix_socket_mode: want an octal file mode such as 0660, got \"-600\"");
 	ck_load_err("[stream bad!name]\nmaxlen = 1\n",
 	    "t.conf:1: [stream bad!name]: bad stream name (1..200 of A-Za-z0-9_.:-)");
 	ck_load_err("[stream a/b]\nmaxlen = 1\n",

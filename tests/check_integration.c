@@ -2465,8 +2465,23 @@ START_TEST(t_unix_socket)
     free(h_pub(u, "ux", "1"));
     ck_assert_int_eq(xlen("sb:ux"), 1);
     sb_close(u);
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_msg(S_ISSOCK(st.st_mode) && (st.st_mode & 0777) == 0660,
+                  "socket mode %04o, want the default 0660", st.st_mode & 0777);
+    /* Its own mode, whatever the umask. */
+    char *srv2 = h_fmt("unix_socket = %s\nunix_socket_mode = 0606\n", path);
+    h_conf(srv2, NULL, NULL);
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_msg((st.st_mode & 0777) == 0606, "socket mode %04o, want 0606",
+                  st.st_mode & 0777);
+    u = sb_connect(path, err, sizeof err);
+    ck_assert_msg(u != NULL, "connect %s: %s", path, err);
+    json_decref(h_ok(h_req(u, "{'op':'ping'}")));
+    sb_close(u);
     free(path);
     free(srv);
+    free(srv2);
 }
 END_TEST
 
@@ -2539,6 +2554,21 @@ START_TEST(t_auth_tokens)
     free(srv);
 }
 END_TEST
+
+/* 1 once the daemon's log has needle (waits, bounded). */
+static int log_has_soon(const char *needle)
+{
+    long long end = h_now_ms() + H_WAIT_MS;
+    for (int i = 0; i < 500 && h_now_ms() < end; i++) {
+        char *log = h_daemon_log();
+        int has = log && strstr(log, needle) != NULL;
+        free(log);
+        if (has)
+            return 1;
+        h_sleep_ms(20);
+    }
+    return 0;
+}
 
 /* A password file with mode, holding pw. */
 static char *write_password(const char *pw, mode_t mode)
@@ -2629,17 +2659,7 @@ START_TEST(t_redis_acl_user_password_file)
     freeReplyObject(r);
     free(write_password("second-pw", 0600));
     ck_assert_int_eq(kill(H.daemon.pid, SIGHUP), 0);
-    long long end = h_now_ms() + H_WAIT_MS;
-    char *log = NULL;
-    for (int i = 0; i < 500 && h_now_ms() < end; i++) {
-        free(log);
-        log = h_daemon_log();
-        if (log && strstr(log, "new Redis password"))
-            break;
-        h_sleep_ms(20);
-    }
-    ck_assert_msg(log && strstr(log, "new Redis password"), "no reload of the password");
-    free(log);
+    ck_assert_msg(log_has_soon("new Redis password"), "no reload of the password");
     r = h_redis_at(H.redis_port, "CLIENT KILL USER sbuser");
     ck_assert_msg(r && r->type == REDIS_REPLY_INTEGER && r->integer >= 1, "CLIENT KILL failed");
     freeReplyObject(r);
@@ -2679,6 +2699,47 @@ START_TEST(t_redis_password_refused)
     }
     free(lines);
     free(pwf);
+}
+END_TEST
+
+/* SIGHUP reloads the token file: a connection whose token is gone gets a
+ * bye and is closed, the others keep going, a new token works; a reload of
+ * a file others can read fails and keeps the tokens in force. */
+START_TEST(t_auth_reload)
+{
+    char *path = write_tokens(0600);
+    char *srv = h_fmt("auth_tokens = %s\n", path);
+    h_conf(srv, NULL, NULL);
+    h_daemon_start();
+    sb_client *all = h_connect(), *pub = h_connect();
+    json_decref(h_ok(h_req(all, "{'op':'hello','token':'tok-all'}")));
+    json_decref(h_ok(h_req(pub, "{'op':'hello','token':'tok-pub'}")));
+
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("tok-all pub=* sub=*\ntok-new pub=n*\n", f);
+    fclose(f);
+    ck_assert_int_eq(kill(H.daemon.pid, SIGHUP), 0);
+    json_t *e = h_event(pub, H_WAIT_MS);
+    ck_assert_msg(e != NULL, "no bye for the connection whose token was removed");
+    ck_assert_str_eq(h_str(e, "op"), "bye");
+    ck_assert_str_eq(h_str(e, "reason"), "revoked");
+    json_decref(e);
+    json_decref(h_ok(h_req(all, "{'op':'pub','stream':'still','data':1}")));
+    sb_client *n = h_connect();
+    json_decref(h_ok(h_req(n, "{'op':'hello','token':'tok-new'}")));
+    json_decref(h_ok(h_req(n, "{'op':'pub','stream':'new','data':1}")));
+    sb_client *old = h_connect();
+    json_decref(h_err(h_req(old, "{'op':'hello','token':'tok-pub'}"), "unauthorized"));
+
+    ck_assert_int_eq(chmod(path, 0644), 0);
+    ck_assert_int_eq(kill(H.daemon.pid, SIGHUP), 0);
+    ck_assert_msg(log_has_soon("reload failed"), "no failed reload in the log");
+    json_decref(h_ok(h_req(all, "{'op':'ping'}")));
+    json_decref(h_ok(h_req(n, "{'op':'pub','stream':'new','data':2}")));
+    ck_assert_int_eq(xlen("sb:new"), 2);
+    free(path);
+    free(srv);
 }
 END_TEST
 
@@ -3358,6 +3419,7 @@ int main(void)
     tc = tcase(s, "auth", 20);
     tcase_add_test(tc, t_auth_tokens);
     tcase_add_test(tc, t_auth_file_readable_refused);
+    tcase_add_test(tc, t_auth_reload);
     tcase_add_test(tc, t_redis_acl_user_password_file);
     tcase_add_test(tc, t_redis_password_refused);
 
