@@ -218,7 +218,7 @@ FUZZ_MAXLEN  ?= 65536
 FUZZ_EXTRA   ?=
 FUZZ_DIR     := tests/fuzz/build
 FUZZ_SRCS    := src/proto.c src/config.c src/log.c src/util.c src/metrics.c
-FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Iinclude \
+FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Iinclude -Itests \
                 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
                 -fno-omit-frame-pointer $(FUZZ_EXTRA) \
                 $(shell pkg-config --cflags libevent jansson inih 2>/dev/null)

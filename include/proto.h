@@ -50,8 +50,10 @@ struct proto_msg {
 
 struct proto_request {
 	enum proto_op op;
-	json_t     *root;	/* owns every borrowed string below */
-	json_t     *rid;	/* NULL when absent */
+	json_t     *root;	/* owns every borrowed string below; NULL from
+				 * the fast path, whose text owns them */
+	char       *text;
+	json_t     *rid;	/* NULL when absent; the request's own without root */
 	const char *stream;
 	/* hello */
 	const char *name, *token;
@@ -91,6 +93,14 @@ struct proto_error {
 int  proto_parse_request(const char *line, size_t len, const struct proto_limits *lim,
     struct proto_request *req, struct proto_error *err);
 void proto_request_free(struct proto_request *req);
+/* The two parsers behind proto_parse_request, apart for the tests.  The
+ * fast one reads only plain single pubs: 1 and *req filled (which must be
+ * zeroed before), or 0 and *req unchanged, for the general one, which reads
+ * everything. */
+int  proto_parse_fast(const char *line, size_t len, const struct proto_limits *lim,
+    struct proto_request *req);
+int  proto_parse_general(const char *line, size_t len, const struct proto_limits *lim,
+    struct proto_request *req, struct proto_error *err);
 /* Make a request independent of the line it was parsed from. */
 int  proto_request_own(struct proto_request *req);
 const char *proto_op_name(enum proto_op op);

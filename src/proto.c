@@ -680,8 +680,167 @@ proto_parse_op(struct proto_request *req, const char *line, size_t len,
 	return proto_fail(err, "internal", "unhandled op");
 }
 
+/*
+ * The fast path of the hot request: a single pub whose envelope is plain --
+ * known members once each, ASCII strings without escapes, an integer or
+ * string rid, any valid JSON as data -- is read in one pass, without
+ * jansson.  Anything else (escapes, other members, duplicates, a batch, an
+ * invalid field) is left to the general parser, so that both give the same
+ * request and every error comes from one place.
+ */
+enum { PF_OP, PF_RID, PF_STREAM, PF_DATA, PF_TYPE, PF_MSGID, PF__COUNT };
+
+static const struct {
+	const char *name;
+	size_t      len;
+} proto_fast_members[PF__COUNT] = {
+	[PF_OP] = { "op", 2 }, [PF_RID] = { "rid", 3 }, [PF_STREAM] = { "stream", 6 },
+	[PF_DATA] = { "data", 4 }, [PF_TYPE] = { "type", 4 }, [PF_MSGID] = { "msgid", 5 },
+};
+
+/* A string of printable ASCII without escapes at p: past its closing
+ * quote, or NULL. */
+static const char *
+proto_plain_string(const char *p, const char *end)
+{
+	if (p >= end || *p != '"')
+		return NULL;
+	for (p++; p < end; p++) {
+		if (*p == '"')
+			return p + 1;
+		if (*p < 0x20 || *p > 0x7e || *p == '\\')
+			return NULL;
+	}
+	return NULL;
+}
+
+/* A JSON integer of at most 18 digits at p: past it, or NULL. */
+static const char *
+proto_plain_int(const char *p, const char *end, long long *v)
+{
+	const char *digits;
+	int neg = p < end && *p == '-';
+
+	*v = 0;
+	digits = p += neg;
+	for (; p < end && *p >= '0' && *p <= '9' && p - digits < 18; p++)
+		*v = *v * 10 + (*p - '0');
+	if (p == digits || (p < end && (*p == '.' || *p == 'e' || *p == 'E' ||
+	    (*p >= '0' && *p <= '9'))) || (*digits == '0' && p - digits > 1))
+		return NULL;
+	if (neg)
+		*v = -*v;
+	return p;
+}
+
+/* The members of a plain envelope: vs/ve span each value (NULL: absent). */
+static int
+proto_fast_scan(const char *p, const char *end, const char **vs, const char **ve,
+    long long *rid)
+{
+	p = proto_skip_ws(p, end);
+	if (p >= end || *p != '{')
+		return -1;
+	for (p = proto_skip_ws(p + 1, end);;) {
+		const char *ks = p + 1, *ke = proto_plain_string(p, end);
+		int k = 0;
+		if (ke == NULL)
+			return -1;
+		while (k < PF__COUNT && ((size_t)(ke - 1 - ks) != proto_fast_members[k].len ||
+		    memcmp(ks, proto_fast_members[k].name, proto_fast_members[k].len) != 0))
+			k++;
+		if (k == PF__COUNT || vs[k] != NULL)
+			return -1;	/* another member, or a duplicate */
+		p = proto_skip_ws(ke, end);
+		if (p >= end || *p != ':')
+			return -1;
+		vs[k] = p = proto_skip_ws(p + 1, end);
+		if (k == PF_DATA)
+			ve[k] = proto_skip_value(p, end);	/* validated later */
+		else if (k == PF_RID && p < end && *p != '"')
+			ve[k] = proto_plain_int(p, end, rid);
+		else
+			ve[k] = proto_plain_string(p, end);
+		if (ve[k] == NULL)
+			return -1;
+		p = proto_skip_ws(ve[k], end);
+		if (p < end && *p == ',')
+			p = proto_skip_ws(p + 1, end);
+		else
+			return p < end && *p == '}' && proto_skip_ws(p + 1, end) == end ? 0 : -1;
+	}
+}
+
+int
+proto_parse_fast(const char *line, size_t len, const struct proto_limits *lim,
+    struct proto_request *req)
+{
+	const char *end = line + len, *vs[PF__COUNT] = { NULL }, *ve[PF__COUNT];
+	size_t n[PF__COUNT] = { 0 }, total = 0;
+	long long rid_int = 0;
+	struct proto_msg *msg;
+	json_t *rid;
+	char *text, *at;
+
+	if (proto_fast_scan(line, end, vs, ve, &rid_int) != 0 || vs[PF_OP] == NULL ||
+	    vs[PF_STREAM] == NULL || vs[PF_DATA] == NULL ||
+	    ve[PF_OP] - vs[PF_OP] != 5 || memcmp(vs[PF_OP], "\"pub\"", 5) != 0)
+		return 0;
+	for (int k = 0; k < PF__COUNT; k++)
+		if (vs[k] != NULL && k != PF_DATA && (k != PF_RID || *vs[k] == '"'))
+			n[k] = (size_t)(ve[k] - vs[k]) - 2;	/* without the quotes */
+	n[PF_DATA] = (size_t)(ve[PF_DATA] - vs[PF_DATA]);
+	if (!config_valid_stream_name(vs[PF_STREAM] + 1, n[PF_STREAM]) ||
+	    n[PF_TYPE] > PROTO_MAX_NAME || n[PF_MSGID] > PROTO_MAX_NAME ||
+	    (vs[PF_MSGID] != NULL && n[PF_MSGID] == 0) || n[PF_DATA] > lim->max_payload ||
+	    !proto_json_valid(vs[PF_DATA], n[PF_DATA]))
+		return 0;
+	total = n[PF_STREAM] + n[PF_TYPE] + n[PF_MSGID] + 3;
+	rid = vs[PF_RID] == NULL ? NULL : *vs[PF_RID] == '"' ?
+	    json_stringn(vs[PF_RID] + 1, n[PF_RID]) : json_integer(rid_int);
+	text = malloc(total);
+	msg = calloc(1, sizeof(*msg));
+	if ((vs[PF_RID] != NULL && rid == NULL) || text == NULL || msg == NULL) {
+		json_decref(rid);
+		free(text);
+		free(msg);
+		return 0;	/* out of memory: the general parser says so */
+	}
+	req->rid = rid;
+	req->msgs = msg;
+	req->text = at = text;
+	req->stream = memcpy(at, vs[PF_STREAM] + 1, n[PF_STREAM]);
+	at[n[PF_STREAM]] = '\0';
+	at += n[PF_STREAM] + 1;
+	if (vs[PF_TYPE] != NULL) {
+		req->msgs[0].type = memcpy(at, vs[PF_TYPE] + 1, n[PF_TYPE]);
+		at[n[PF_TYPE]] = '\0';
+		at += n[PF_TYPE] + 1;
+	}
+	if (vs[PF_MSGID] != NULL) {
+		req->msgs[0].msgid = memcpy(at, vs[PF_MSGID] + 1, n[PF_MSGID]);
+		at[n[PF_MSGID]] = '\0';
+	}
+	req->op = OP_PUB;
+	req->nmsgs = 1;
+	req->msgs[0].data = vs[PF_DATA];
+	req->msgs[0].data_len = n[PF_DATA];
+	return 1;
+}
+
 int
 proto_parse_request(const char *line, size_t len, const struct proto_limits *lim,
+    struct proto_request *req, struct proto_error *err)
+{
+	memset(req, 0, sizeof(*req));
+	req->delay_ms = -1;
+	err->rid = NULL;
+	return proto_parse_fast(line, len, lim, req) ? 0 :
+	    proto_parse_general(line, len, lim, req, err);
+}
+
+int
+proto_parse_general(const char *line, size_t len, const struct proto_limits *lim,
     struct proto_request *req, struct proto_error *err)
 {
 	json_error_t jerr;
@@ -689,18 +848,17 @@ proto_parse_request(const char *line, size_t len, const struct proto_limits *lim
 	const char *name;
 	size_t mlen = 0;
 	const char *nul;
-	char *masked = proto_mask_data(line, len, &mlen);
+	char *masked;
 
 	memset(req, 0, sizeof(*req));
 	req->delay_ms = -1;
 	err->rid = NULL;
 	/* jansson skips a raw NUL after a number or literal ("1\0" loads as
 	 * 1), and data is stored as written: no NUL byte is valid JSON. */
-	if ((nul = memchr(line, '\0', len)) != NULL) {
-		free(masked);
+	if ((nul = memchr(line, '\0', len)) != NULL)
 		return proto_fail(err, "bad_json", "invalid JSON at column %zu: a NUL byte",
 		    (size_t)(nul - line) + 1);
-	}
+	masked = proto_mask_data(line, len, &mlen);
 	req->root = json_loadb(masked ? masked : line, masked ? mlen : len,
 	    JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
 	if (req->root == NULL && masked != NULL)	/* name the error in the original */
@@ -752,6 +910,9 @@ proto_request_free(struct proto_request *req)
 		free(req->msgs[i].data_owned);
 	free(req->msgs);
 	free(req->ids);
+	free(req->text);
+	if (req->root == NULL)
+		json_decref(req->rid);	/* the fast path's own */
 	json_decref(req->root);
 	memset(req, 0, sizeof(*req));
 }

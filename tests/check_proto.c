@@ -18,6 +18,7 @@
 #include <jansson.h>
 
 #include "proto.h"
+#include "proto_same.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -928,6 +929,104 @@ START_TEST(test_parse_pub_single)
 }
 END_TEST
 
+/* The fast parser takes line exactly when want_fast, and then gives what
+ * the general one gives. */
+static void
+t_fast_vs_general(const char *line, int want_fast)
+{
+	struct proto_request f, g;
+	struct proto_error e;
+	char why[64];
+	int took, rc;
+
+	memset(&f, 0, sizeof(f));
+	took = proto_parse_fast(line, strlen(line), &t_lim, &f);
+	ck_assert_msg(took == want_fast, "fast parser %s %s", took ? "took" : "left", line);
+	rc = proto_parse_general(line, strlen(line), &t_lim, &g, &e);
+	if (took) {
+		ck_assert_msg(rc == 0, "general parser rejects %s: %s", line, e.message);
+		ck_assert_msg(proto_same_request(&f, &g, why, sizeof(why)), "%s: %s", line, why);
+	}
+	proto_request_free(&f);
+	proto_request_free(&g);
+}
+
+START_TEST(test_parse_pub_fast)
+{
+	static const char *const taken[] = {
+		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":1}",
+		" {\"data\" : {\"a\":[1,2,{\"b\":\"\\u00e9\\n\"}]} , \"stream\":\"md.x:y-z_0\","
+		    "\"op\":\"pub\"}\r",
+		"{\"op\":\"pub\",\"rid\":7,\"stream\":\"s\",\"data\":\"x\",\"type\":\"T\","
+		    "\"msgid\":\"m-1\"}",
+		"{\"op\":\"pub\",\"rid\":-0,\"stream\":\"s\",\"data\":null}",
+		"{\"op\":\"pub\",\"rid\":999999999999999999,\"stream\":\"s\",\"data\":true}",
+		"{\"op\":\"pub\",\"rid\":\"r 1\",\"stream\":\"s\",\"data\":-1.5e3,\"type\":\"\"}",
+		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":\"\\\"\\\\\"}",
+		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":[]\t}",
+	};
+	static const char *const left[] = {
+		/* not a pub, or not a single one */
+		"{\"op\":\"ping\"}",
+		"{\"op\":\"pub\",\"stream\":\"s\",\"batch\":[{\"data\":1}]}",
+		/* other members, duplicates, escapes, non-ASCII */
+		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":1,\"extra\":1}",
+		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":1,\"data\":2}",
+		"{\"op\":\"pub\",\"op\":\"pub\",\"stream\":\"s\",\"data\":1}",
+		"{\"op\":\"p\\u0075b\",\"stream\":\"s\",\"data\":1}",
+		"{\"op\":\"pub\",\"st\\u0072eam\":\"s\",\"data\":1}",
+		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":1,\"type\":\"\xc3\xa9\"}",
+		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":1,\"msgid\":\"a\\\"b\"}",
+		/* rid: not a string or an integer of 18 digits at most */
+		"{\"op\":\"pub\",\"rid\":1.0,\"stream\":\"s\",\"data\":1}",
+		"{\"op\":\"pub\",\"rid\":1e2,\"stream\":\"s\",\"data\":1}",
+		"{\"op\":\"pub\",\"rid\":01,\"stream\":\"s\",\"data\":1}",
+		"{\"op\":\"pub\",\"rid\":-,\"stream\":\"s\",\"data\":1}",
+		"{\"op\":\"pub\",\"rid\":1000000000000000000,\"stream\":\"s\",\"data\":1}",
+		"{\"op\":\"pub\",\"rid\":null,\"stream\":\"s\",\"data\":1}",
+		/* invalid or missing fields: the general parser names them */
+		"{\"op\":\"pub\",\"stream\":\"no space\",\"data\":1}",
+		"{\"op\":\"pub\",\"data\":1}",
+		"{\"op\":\"pub\",\"stream\":\"s\"}",
+		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":1,\"msgid\":\"\"}",
+		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":1,\"type\":null}",
+		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":[1,}",
+		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":tru}",
+		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":1 2}",
+		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":1}}",
+		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":1} x",
+		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":1,}",
+		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":\"abc}",
+		"{}",
+		"",
+		"[\"op\",\"pub\"]",
+	};
+	char *big = t_rep('x', 63), *line;
+
+	for (size_t i = 0; i < sizeof(taken) / sizeof(taken[0]); i++)
+		t_fast_vs_general(taken[i], 1);
+	for (size_t i = 0; i < sizeof(left) / sizeof(left[0]); i++)
+		t_fast_vs_general(left[i], 0);
+	/* The limits: data of max_payload bytes, names of 200. */
+	line = t_fmt("{\"op\":\"pub\",\"stream\":\"s\",\"data\":\"%.62s\"}", big);
+	t_fast_vs_general(line, 1);
+	free(line);
+	line = t_fmt("{\"op\":\"pub\",\"stream\":\"s\",\"data\":\"%s\"}", big);
+	t_fast_vs_general(line, 0);
+	free(line);
+	free(big);
+	big = t_rep('n', 200);
+	line = t_fmt("{\"op\":\"pub\",\"stream\":\"%s\",\"data\":1,\"type\":\"%s\",\"msgid\":\"%s\"}",
+	    big, big, big);
+	t_fast_vs_general(line, 1);
+	free(line);
+	line = t_fmt("{\"op\":\"pub\",\"stream\":\"s\",\"data\":1,\"type\":\"%sn\"}", big);
+	t_fast_vs_general(line, 0);
+	free(line);
+	free(big);
+}
+END_TEST
+
 START_TEST(test_parse_pub_too_large)
 {
 	struct proto_request r;
@@ -1499,6 +1598,7 @@ proto_suite(void)
 	tcase_add_test(tc, test_parse_hello);
 	tcase_add_test(tc, test_parse_stats);
 	tcase_add_test(tc, test_parse_pub_single);
+	tcase_add_test(tc, test_parse_pub_fast);
 	tcase_add_test(tc, test_parse_pub_too_large);
 	tcase_add_test(tc, test_parse_pub_batch);
 	tcase_add_test(tc, test_parse_sub);

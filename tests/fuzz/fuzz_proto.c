@@ -10,7 +10,8 @@
  *     bytes, or line_too_long) must be exactly those of a whole-input
  *     reference framer, whatever the chunking.
  *  2. Every line goes through proto_parse_request() with small limits, then
- *     proto_request_own() and proto_request_free().  Each line is copied
+ *     proto_request_own() and proto_request_free().  A line the fast pub
+ *     parser takes must give the same request through the general one.  Each line is copied
  *     into a buffer of its exact size, so reading past it is an ASan error.
  *     A parsed request must satisfy the contract (names valid, data valid
  *     JSON within max_payload, ...); a rejected one must carry a known
@@ -37,6 +38,7 @@
 
 #include "config.h"
 #include "proto.h"
+#include "proto_same.h"
 
 #define FUZZ_HDR     4
 #define FUZZ_PAYLOAD 64		/* max_payload of the parse step */
@@ -171,6 +173,24 @@ static const char *const fuzz_codes[] = {
 	"bad_json", "bad_request", "unknown_op", "too_large", "overloaded", "internal",
 };
 
+/* The fast pub parser against the general one, on a line it takes. */
+static void
+fuzz_fast_vs_general(const char *line, size_t len, const struct proto_limits *lim)
+{
+	struct proto_request f, g;
+	struct proto_error err;
+	char why[64];
+
+	memset(&f, 0, sizeof(f));
+	if (proto_parse_fast(line, len, lim, &f)) {
+		FUZZ_CHECK(proto_parse_general(line, len, lim, &g, &err) == 0,
+		    "the general parser rejects a line the fast one took: %s", err.message);
+		FUZZ_CHECK(proto_same_request(&f, &g, why, sizeof(why)), "fast parser: %s", why);
+		proto_request_free(&g);
+	}
+	proto_request_free(&f);
+}
+
 static void
 fuzz_request(const char *line0, size_t len, struct evbuffer *out)
 {
@@ -182,6 +202,7 @@ fuzz_request(const char *line0, size_t len, struct evbuffer *out)
 
 	FUZZ_CHECK(line != NULL, "out of memory");
 	memcpy(line, line0, len);
+	fuzz_fast_vs_general(line, len, &lim);
 	rc = proto_parse_request(line, len, &lim, &req, &err);
 	if (rc != 0) {
 		for (size_t i = 0; i < sizeof(fuzz_codes) / sizeof(fuzz_codes[0]); i++)
