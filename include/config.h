@@ -55,6 +55,7 @@ struct config {
 	long    output_buffer_limit;
 	long    max_pending_requests;
 	long    idle_timeout_ms;	/* 0 = never */
+	long    slow_consumer_timeout_ms;	/* 0 = never */
 	/* [metrics] */
 	char   *metrics_listen;		/* NULL = off */
 	/* [redis] */

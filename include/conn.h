@@ -54,6 +54,7 @@ struct conn {
 	int               output_blocked;	/* deliveries stopped: output full */
 	int               finishing;		/* client said bye */
 	uint64_t          last_active_ns;
+	uint64_t          out_moved_ns;	/* output last began or moved on */
 	struct conn      *next, *prev;		/* all connections */
 };
 

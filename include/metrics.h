@@ -78,11 +78,14 @@ struct metrics_stream {
 #define METRICS_GLOBAL_COUNTERS(X) \
 	X(connections_total, "streambus_connections_accepted_total", "Client connections accepted.") \
 	X(connections_rejected, "streambus_connections_rejected_total", "Connections refused at max_clients.") \
-	X(slow_consumer_closes, "streambus_slow_consumer_disconnects_total", "Connections closed for exceeding output_buffer_limit.") \
+	X(slow_consumer_closes, "streambus_slow_consumer_disconnects_total", "Connections closed as slow consumers: output over output_buffer_limit, or over half of it and stalled for slow_consumer_timeout_ms.") \
 	X(requests, "streambus_requests_total", "Request lines handled.") \
 	X(idle_closes, "streambus_idle_disconnects_total", "Connections closed after idle_timeout_ms.") \
 	X(lines_too_long, "streambus_lines_too_long_total", "Request lines longer than max_line, skipped.") \
 	X(read_pauses, "streambus_read_pauses_total", "Times a connection stopped being read: max_pending_requests or output_buffer_limit reached.") \
+	X(subs_refused, "streambus_subscriptions_refused_total", "Subscriptions refused at max_subs_per_conn.") \
+	X(batches_refused, "streambus_batches_refused_total", "Pub batches refused for more than max_batch entries.") \
+	X(accept_pauses, "streambus_accept_pauses_total", "Times accepting connections paused for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM).") \
 	X(redis_reconnects, "streambus_redis_reconnects_total", "Redis connection attempts after a loss.") \
 	X(redis_redirects, "streambus_redis_redirects_total", "Redis Cluster commands answered MOVED or ASK and sent on to the node named.") \
 	X(cluster_refreshes, "streambus_cluster_slot_refreshes_total", "Redis Cluster slot maps read (CLUSTER SLOTS).")

@@ -86,6 +86,7 @@ struct proto_error {
 	const char *code;	/* protocol error code */
 	char        message[256];
 	json_t     *rid;	/* borrowed from req->root, NULL for bad_json */
+	const char *limit;	/* the limit a refused request went over, or NULL */
 };
 
 /* 0 and *req filled, or -1 and *err (with req->root kept for the rid;

@@ -1677,6 +1677,7 @@ broker_sub(struct conn *c, uint64_t seq, struct proto_request *req)
 	const char *consumer = req->consumer, *from = "$";
 
 	if (c->nsubs >= B.cfg->max_subs_per_conn) {
+		metrics.subs_refused++;
 		reply_error(c, seq, req->rid, "overloaded", "too many subscriptions on this connection");
 		return;
 	}

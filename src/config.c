@@ -42,6 +42,7 @@ static const struct config_key config_keys[] = {
 	{ "server", "output_buffer_limit", KEY_LONG, S(output_buffer_limit), 65536, 1L << 32 },
 	{ "server", "max_pending_requests", KEY_LONG, S(max_pending_requests), 1, 1000000 },
 	{ "server", "idle_timeout_ms", KEY_LONG, S(idle_timeout_ms), 0, 86400000 },
+	{ "server", "slow_consumer_timeout_ms", KEY_LONG, S(slow_consumer_timeout_ms), 0, 86400000 },
 	{ "metrics", "listen", KEY_ADDR, S(metrics_listen), 0, 0 },
 	{ "redis", "url", KEY_URL, S(redis_url_text), 0, 0 },
 	{ "redis", "prefix", KEY_STRING, S(prefix), 0, 0 },
@@ -112,6 +113,7 @@ config_new(void)
 	cfg->listen = strdup("127.0.0.1:7070");
 	cfg->max_clients = 10000;
 	cfg->unix_socket_mode = 0660;
+	cfg->slow_consumer_timeout_ms = 10000;
 	cfg->max_line = 1048576;
 	cfg->max_payload = 1048576;
 	cfg->shutdown_timeout_ms = 5000;

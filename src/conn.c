@@ -67,25 +67,34 @@ static void conn_process(struct conn *c, const char *buf, size_t len);
 static void conn_update_read(struct conn *c);
 static void conn_process_kept(struct conn *c);
 
-/* idle_timeout_ms: a connection that sent nothing for that long and holds
- * no subscription (a consumer may wait quietly for rare events) is closed
- * with bye "idle". */
+/* Once a second.  idle_timeout_ms: a connection that sent nothing for that
+ * long and holds no subscription (a consumer may wait quietly for rare
+ * events) is closed with bye "idle".  slow_consumer_timeout_ms: one whose
+ * output is over half of output_buffer_limit (it is fed no more) and has
+ * not moved for that long has stopped reading; it is closed, and what it
+ * held unacknowledged goes back to its groups now, not at the deadline. */
 static void
-conn_idle_check(evutil_socket_t fd, short what, void *arg)
+conn_timeouts_check(evutil_socket_t fd, short what, void *arg)
 {
-	uint64_t now = util_now_ns(), limit;
+	uint64_t now = util_now_ns(), idle, slow;
 	struct conn *c, *next;
 
 	(void)fd;
 	(void)what;
 	(void)arg;
-	if (C.cfg == NULL || C.cfg->idle_timeout_ms <= 0)
+	if (C.cfg == NULL)
 		return;
-	limit = (uint64_t)C.cfg->idle_timeout_ms * 1000000ull;
+	idle = (uint64_t)C.cfg->idle_timeout_ms * 1000000ull;
+	slow = (uint64_t)C.cfg->slow_consumer_timeout_ms * 1000000ull;
 	for (c = C.all; c != NULL; c = next) {
 		next = c->next;
-		if (c->state == CONN_OPEN && c->subs == NULL &&
-		    conn_pending_replies(c) == 0 && now - c->last_active_ns > limit) {
+		if (c->state != CONN_OPEN)
+			continue;
+		if (slow > 0 && conn_output_full(c) && now - c->out_moved_ns > slow) {
+			metrics.slow_consumer_closes++;
+			conn_close(c, "slow_consumer", 0);
+		} else if (idle > 0 && c->subs == NULL && conn_pending_replies(c) == 0 &&
+		    now - c->last_active_ns > idle) {
 			metrics.idle_closes++;
 			conn_close(c, "idle", 1);
 		}
@@ -104,7 +113,7 @@ conn_init(struct event_base *base)
 	/* Connection numbers name default consumers ("client-N"): start at a
 	 * random million so that daemons sharing a Redis do not collide. */
 	C.next_id = (uint64_t)(random() % 1000000) * 1000000;
-	C.idle_timer = event_new(base, -1, EV_PERSIST, conn_idle_check, NULL);
+	C.idle_timer = event_new(base, -1, EV_PERSIST, conn_timeouts_check, NULL);
 	if (C.idle_timer == NULL || event_add(C.idle_timer, &tv) != 0)
 		return -1;
 	return 0;
@@ -165,6 +174,15 @@ conn_output_full(const struct conn *c)
 
 /* ---- output ---- */
 
+/* Output about to be queued: from empty, it starts moving now (see
+ * slow_consumer_timeout_ms). */
+static void
+conn_output_begins(struct conn *c)
+{
+	if (evbuffer_get_length(c->out) == 0)
+		c->out_moved_ns = util_now_ns();
+}
+
 static void
 conn_want_write(struct conn *c)
 {
@@ -182,6 +200,7 @@ conn_write(struct conn *c, struct evbuffer *data)
 	}
 	/* No limit here: the broker checks conn_over_limit() once before the
 	 * entries of one read, which go out whole. */
+	conn_output_begins(c);
 	evbuffer_add_buffer(c->out, data);
 	conn_want_write(c);
 }
@@ -229,6 +248,7 @@ conn_reply(struct conn *c, uint64_t seq, struct evbuffer *reply)
 		sl->done = 1;
 		return;
 	}
+	conn_output_begins(c);
 	evbuffer_add_buffer(c->out, reply);
 	c->head_seq++;
 	while (c->head_seq < c->next_seq &&
@@ -339,6 +359,8 @@ conn_write_cb(evutil_socket_t fd, short what, void *arg)
 		conn_close(c, strerror(errno), 0);
 		return;
 	}
+	if (n > 0)
+		c->out_moved_ns = util_now_ns();
 	if (evbuffer_get_length(c->out) > 0)
 		return;		/* EV_PERSIST keeps write interest */
 	if (c->state == CONN_DRAINING) {
@@ -447,6 +469,8 @@ conn_handle_line(struct conn *c, const char *line, size_t len)
 	metrics.requests++;
 	if (proto_parse_request(line, len, &lim, &req, &err) != 0) {
 		log_debug("conn", c->id, "bad request: %s: %s", err.code, err.message);
+		if (err.limit != NULL && strcmp(err.limit, "max_batch") == 0)
+			metrics.batches_refused++;
 		if (req.op == OP_PUB && req.stream != NULL)
 			broker_pub_rejected(req.stream, err.code);
 		proto_reply_error(C.tmp, err.rid, err.code, err.message);
@@ -648,6 +672,7 @@ conn_accept_cb(evutil_socket_t lfd, short what, void *arg)
 				struct timeval tv = { 0, CONN_ACCEPT_BACKOFF_MS * 1000 };
 				log_warn("conn", 0, "accept: %s; pausing %d ms", strerror(errno),
 				    CONN_ACCEPT_BACKOFF_MS);
+				metrics.accept_pauses++;
 				event_del(l->ev);
 				event_add(l->backoff, &tv);
 			}

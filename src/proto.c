@@ -539,8 +539,10 @@ proto_parse_pub(struct proto_request *req, const char *line, size_t len,
 		return proto_fail(err, "bad_request", "batch: not allowed together with data");
 	if (!json_is_array(batch) || json_array_size(batch) == 0)
 		return proto_fail(err, "bad_request", "batch: must be a non-empty array");
-	if (json_array_size(batch) > lim->max_batch)
+	if (json_array_size(batch) > lim->max_batch) {
+		err->limit = "max_batch";
 		return proto_fail(err, "bad_request", "batch: more than %zu entries", lim->max_batch);
+	}
 	req->batch = 1;
 	req->msgs = calloc(json_array_size(batch), sizeof(*req->msgs));
 	if (req->msgs == NULL)
@@ -835,6 +837,7 @@ proto_parse_request(const char *line, size_t len, const struct proto_limits *lim
 	memset(req, 0, sizeof(*req));
 	req->delay_ms = -1;
 	err->rid = NULL;
+	err->limit = NULL;
 	return proto_parse_fast(line, len, lim, req) ? 0 :
 	    proto_parse_general(line, len, lim, req, err);
 }
@@ -858,6 +861,7 @@ proto_parse_general(const char *line, size_t len, const struct proto_limits *lim
 	if ((nul = memchr(line, '\0', len)) != NULL)
 		return proto_fail(err, "bad_json", "invalid JSON at column %zu: a NUL byte",
 		    (size_t)(nul - line) + 1);
+	err->limit = NULL;
 	masked = proto_mask_data(line, len, &mlen);
 	req->root = json_loadb(masked ? masked : line, masked ? mlen : len,
 	    JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);

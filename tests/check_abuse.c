@@ -288,16 +288,6 @@ static long long timed_ping(sb_client *c, int ms)
     return mono_ms() - t0;
 }
 
-static double metric(const char *name)
-{
-    char *body = NULL;
-    ck_assert_int_eq(h_http_get(H.metrics_port, "/metrics", &body, NULL), 200);
-    double v = -1;
-    ck_assert_msg(h_metric(body, name, "", &v), "no metric %s", name);
-    free(body);
-    return v;
-}
-
 /* Soft RLIMIT_NOFILE of this process (and so of the daemon it spawns)
  * raised to at least want, if the hard limit allows. */
 static void raise_nofile(rlim_t want)
@@ -348,7 +338,7 @@ START_TEST(t_idle_connections)
     /* All accepted by the daemon, not just queued by the kernel. */
     double open = -1;
     for (int i = 0; i < 500 && mono_ms() < end; i++) {
-        open = metric("streambus_connections");
+        open = h_metric_now("streambus_connections", "");
         if (open >= IDLE_CONNS)
             break;
         h_sleep_ms(20);
@@ -377,7 +367,7 @@ START_TEST(t_idle_connections)
         close(fds[i]);
     /* The daemon notices them all go. */
     for (int i = 0; i < 250; i++) {
-        open = metric("streambus_connections");
+        open = h_metric_now("streambus_connections", "");
         if (open <= 1)
             break;
         h_sleep_ms(20);
@@ -411,7 +401,7 @@ START_TEST(t_max_clients)
     ck_assert_msg(l.eof, "the refused connection was not closed");
     lines_free(&l);
     close(fd);
-    ck_assert_int_eq((int)metric("streambus_connections_rejected_total"), 1);
+    ck_assert_int_eq((int)h_metric_now("streambus_connections_rejected_total", ""), 1);
     /* The five are unaffected; once one leaves there is room again. */
     for (int i = 0; i < 5; i++)
         timed_ping(c[i], H_REPLY_MS);
@@ -419,7 +409,7 @@ START_TEST(t_max_clients)
     sb_client *again = NULL;
     for (int i = 0; i < 100 && !again; i++) {
         h_sleep_ms(20);
-        if (metric("streambus_connections") <= 4)
+        if (h_metric_now("streambus_connections", "") <= 4)
             again = h_connect();
     }
     ck_assert_msg(again != NULL, "the daemon did not notice a client leave");
@@ -502,6 +492,8 @@ START_TEST(t_emfile_backoff)
     sb_close(late);
     sb_close(first);
     assert_daemon_alive("after EMFILE");
+    ck_assert_msg(h_metric_now("streambus_accept_pauses_total", "") >= 1,
+                  "accept pauses not counted");
 }
 END_TEST
 
@@ -667,6 +659,8 @@ START_TEST(t_pipelined_without_reading)
         json_decref(r);
     }
     assert_daemon_peak(ABUSE_RSS_LIMIT_KB, "after the pipelined replies");
+    ck_assert_msg(h_metric_now("streambus_read_pauses_total", "") >= 1,
+                  "the connection was never paused");
     lines_free(&l);
     free(buf);
     free(ends);
@@ -818,15 +812,83 @@ END_TEST
 
 /* ============================================================ output */
 
+#define SLOW_MESSAGES 2000
+
+/* A consumer that stops reading with its output over half of
+ * output_buffer_limit is closed after slow_consumer_timeout_ms, and what it
+ * held goes back to its group at once: another consumer gets every event,
+ * long before the 60 s ack deadline. */
+START_TEST(t_slow_consumer_closed)
+{
+    h_conf("output_buffer_limit = 65536\nslow_consumer_timeout_ms = 500\n", NULL,
+           "[stream slow]\nack_timeout_ms = 60000\n");
+    sb_client *pub = h_connect();
+    int fd = raw_try_connect_buf(0, 4096);
+    ck_assert_msg(fd >= 0, "connect: %s", strerror(errno));
+    const char *sub = "{\"op\":\"sub\",\"stream\":\"slow\",\"group\":\"g\","
+                      "\"consumer\":\"sloth\",\"prefetch\":10000}\n";
+    raw_write(fd, sub, strlen(sub), H_REPLY_MS);
+    h_sleep_ms(200);
+    char pad[1001];
+    memset(pad, 'p', 1000);
+    pad[1000] = '\0';
+    for (int b = 0; b < SLOW_MESSAGES / 500; b++) {
+        json_t *batch = json_array();
+        for (int i = 0; i < 500; i++)
+            json_array_append_new(batch, json_pack("{s:{s:i,s:s}}", "data", "n",
+                                                   b * 500 + i, "pad", pad));
+        json_t *req = json_pack("{s:s,s:s,s:o}", "op", "pub", "stream", "slow", "batch", batch);
+        json_decref(h_ok(sb_request(pub, req, H_REPLY_MS)));
+        json_decref(req);
+    }
+    long long t0 = mono_ms(), closed_after = -1;
+    for (int i = 0; i < 250 && mono_ms() - t0 < H_WAIT_MS; i++) {
+        if (h_metric_now("streambus_slow_consumer_disconnects_total", "") >= 1) {
+            closed_after = mono_ms() - t0;
+            break;
+        }
+        h_sleep_ms(20);
+    }
+    ck_assert_msg(closed_after >= 0, "the stalled consumer was not closed in %d ms", H_WAIT_MS);
+
+    /* Another consumer of the group gets every event, those the sloth
+     * held redelivered (attempt 2). */
+    sb_client *eager = h_connect();
+    long long s2 = h_sub(eager, "slow", "g", "eager", 100, NULL);
+    unsigned char seen[SLOW_MESSAGES] = { 0 };
+    int distinct = 0, again = 0;
+    long long t1 = mono_ms();
+    while (distinct < SLOW_MESSAGES && mono_ms() - t1 < 20000) {
+        json_t *m = h_msg(eager, H_WAIT_MS);
+        ck_assert_msg(m != NULL, "no delivery after %d of %d", distinct, SLOW_MESSAGES);
+        long n = (long)json_integer_value(json_object_get(json_object_get(m, "data"), "n"));
+        ck_assert_msg(n >= 0 && n < SLOW_MESSAGES, "unexpected data n=%ld", n);
+        distinct += !seen[n];
+        seen[n] = 1;
+        again += h_int(m, "attempt") > 1;
+        h_ack(eager, s2, h_str(m, "id"));
+        json_decref(m);
+    }
+    note("slow consumer: closed %lld ms after the flood; the group's other consumer got all "
+         "%d in %lld ms, %d of them redelivered", closed_after, distinct, mono_ms() - t1, again);
+    ck_assert_int_eq(distinct, SLOW_MESSAGES);
+    ck_assert_msg(again > 0, "nothing the sloth held was redelivered");
+    close(fd);
+    sb_close(eager);
+    sb_close(pub);
+}
+END_TEST
+
 #define OBL_MESSAGES 20000
 #define OBL_BATCH    500
 
 /* A consumer that never reads while 20k messages (20 MB) are published,
- * with output_buffer_limit = 65536: the daemon stops feeding it or closes
- * it, does not grow, and serves everyone else. */
+ * with output_buffer_limit = 65536 and no slow_consumer_timeout_ms: the
+ * daemon stops feeding it (and keeps it), does not grow, and serves
+ * everyone else. */
 START_TEST(t_output_buffer_limit)
 {
-    h_conf("output_buffer_limit = 65536\n", NULL, NULL);
+    h_conf("output_buffer_limit = 65536\nslow_consumer_timeout_ms = 0\n", NULL, NULL);
     sb_client *pub = h_connect(), *other = h_connect();
     /* The consumer reads nothing; a small receive buffer makes the
      * daemon's own buffer the one that fills. */
@@ -865,6 +927,7 @@ START_TEST(t_output_buffer_limit)
     ck_assert_int_eq(h_redis_int("XLEN sb:flood"), OBL_MESSAGES);
     h_sleep_ms(500);
     assert_daemon_peak(ABUSE_RSS_LIMIT_KB, "a consumer that never reads");
+    ck_assert_int_eq((long)h_metric_now("streambus_paused_consumers", "stream=flood,group=g"), 1);
     /* Other consumers of the same group are fed (prefetch 10: their
      * bursts stay under the limit). */
     sb_client *eager = h_connect();
@@ -874,10 +937,8 @@ START_TEST(t_output_buffer_limit)
     json_decref(m);
     timed_ping(other, H_REPLY_MS);
 
-    /* The sloth was closed (slow_consumer) or paused: either way what it
-     * reads now is whole lines, and no more than the limit plus what the
-     * kernel buffered. */
-    double closes = metric("streambus_slow_consumer_disconnects_total");
+    /* The sloth was paused, not closed: what it reads now is whole lines. */
+    ck_assert_int_eq((long)h_metric_now("streambus_slow_consumer_disconnects_total", ""), 0);
     lines l;
     lines_init(&l, fd);
     size_t got = 0, bytes = 0;
@@ -897,11 +958,10 @@ START_TEST(t_output_buffer_limit)
             saw_bye = 1;
         json_decref(j);
     }
-    note("output limit: slow consumer %s; read %zu deliveries (%zu bytes) afterwards%s",
-         closes > 0 ? "closed" : "paused", got, bytes, saw_bye ? ", bye" : "");
-    ck_assert_msg(got < OBL_MESSAGES, "the slow consumer got all %zu", got);
-    if (closes > 0)
-        ck_assert_msg(l.eof, "slow_consumer counted, but the connection is open");
+    note("output limit: paused consumer read %zu deliveries (%zu bytes) afterwards",
+         got, bytes);
+    ck_assert_msg(got > 0 && got < OBL_MESSAGES, "the paused consumer got %zu", got);
+    ck_assert_msg(!saw_bye && !l.eof, "the paused consumer was closed");
     lines_free(&l);
     close(fd);
     fresh_ping(H_REPLY_MS);
@@ -1065,6 +1125,7 @@ int main(void)
 
     tc = tcase(s, "output", 40);
     tcase_add_test(tc, t_output_buffer_limit);
+    tcase_add_test(tc, t_slow_consumer_closed);
     tcase_add_test(tc, t_nul_escape_in_data);
 
     tc = tcase(s, "regressions", 30);

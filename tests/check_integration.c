@@ -532,6 +532,7 @@ START_TEST(t_line_too_long)
     r = h_ok(h_read(c, H_REPLY_MS));
     ck_assert_str_eq(h_str(r, "rid"), "after3");
     json_decref(r);
+    ck_assert_int_eq((int)h_metric_now("streambus_lines_too_long_total", ""), 3);
     sb_close(c);
 }
 END_TEST
@@ -736,6 +737,24 @@ START_TEST(t_overloaded)
     /* a second subscription over max_subs_per_conn */
     h_sub(c, "ov", "g", NULL, 1, NULL);
     json_decref(h_err(h_req(c, "{'op':'sub','stream':'ov','group':'g2'}"), "overloaded"));
+    ck_assert_int_eq((int)h_metric_now("streambus_subscriptions_refused_total", ""), 1);
+}
+END_TEST
+
+/* max_batch from the configuration: a bigger batch is refused whole (and
+ * counted), one of that size is stored. */
+START_TEST(t_max_batch)
+{
+    h_conf("max_batch = 2\n", NULL, NULL);
+    sb_client *c = h_connect();
+    json_t *r = h_err(h_req(c, "{'op':'pub','stream':'mb','batch':[{'data':1},{'data':2},"
+                               "{'data':3}]}"), "bad_request");
+    ck_assert_str_eq(h_str(r, "message"), "batch: more than 2 entries");
+    json_decref(r);
+    ck_assert_int_eq(h_redis_int("EXISTS sb:mb"), 0);
+    json_decref(h_ok(h_req(c, "{'op':'pub','stream':'mb','batch':[{'data':1},{'data':2}]}")));
+    ck_assert_int_eq(xlen("sb:mb"), 2);
+    ck_assert_int_eq((int)h_metric_now("streambus_batches_refused_total", ""), 1);
 }
 END_TEST
 
@@ -1959,6 +1978,7 @@ START_TEST(t_idle_timeout)
     json_decref(b);
     h_sleep_ms(500);
     json_decref(h_ok(h_req(sub, "{'op':'ping'}")));
+    ck_assert_int_eq((int)h_metric_now("streambus_idle_disconnects_total", ""), 1);
 }
 END_TEST
 
@@ -3351,6 +3371,7 @@ int main(void)
     tcase_add_test(tc, t_indeterminate);
     tcase_add_test(tc, t_replicas_one_wait_in_flight);
     tcase_add_test(tc, t_overloaded);
+    tcase_add_test(tc, t_max_batch);
 
     tc = tcase(s, "pub", 20);
     tcase_add_test(tc, t_pub_single_stored);

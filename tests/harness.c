@@ -1277,6 +1277,16 @@ static int split_labels(char *buf, char **keys, char **vals, int max)
     return n;
 }
 
+double h_metric_now(const char *name, const char *labels)
+{
+    char *body = NULL;
+    double v = -1;
+    ck_assert_int_eq(h_http_get(H.metrics_port, "/metrics", &body, NULL), 200);
+    ck_assert_msg(h_metric(body, name, labels, &v), "no metric %s{%s}", name, labels);
+    free(body);
+    return v;
+}
+
 int h_metric(const char *body, const char *name, const char *labels, double *val)
 {
     char want[512];

@@ -243,6 +243,9 @@ char     *h_read_file(const char *path);           /* malloc'd or NULL */
  * "k=v,k=v" (a set; order free; all must match exactly, no other labels).
  * Returns 1 and *val if found. */
 int h_metric(const char *body, const char *name, const char *labels, double *val);
+/* The daemon's sample name{labels} now, from its /metrics (asserts it is
+ * there). */
+double h_metric_now(const char *name, const char *labels);
 /* 1 if "# TYPE name type" is present. */
 int h_metric_type(const char *body, const char *name, const char *type);
 
