@@ -125,7 +125,9 @@ chaos-short: all $(CHAOS)
 
 # The integration and cluster suites with the daemon under valgrind memcheck: any error,
 # or a definite leak at exit, fails the test that stopped that daemon.
-check-valgrind: all $(INTEG_TESTS)
+check-valgrind: DEB_PKGS += valgrind
+check-valgrind: deps
+	@$(MAKE) --no-print-directory all $(INTEG_TESTS)
 	SB_DAEMON=tests/valgrind-daemon.sh ./tests/check_integration
 	SB_DAEMON=tests/valgrind-daemon.sh ./tests/check_cluster
 

@@ -79,8 +79,11 @@ sentinel_message(redisAsyncContext *ac, void *r, void *privdata)
 	    m->element[2]->type != REDIS_REPLY_STRING)
 		return;
 	if (sscanf(m->element[2]->str, "%255s %255s %d %255s %d", name, oldip, &oldport,
-	    newip, &newport) == 5 && strcmp(name, S.master) == 0)
+	    newip, &newport) == 5 && strcmp(name, S.master) == 0) {
+		log_info("sentinel", 0, "+switch-master: %s from %s:%d to %s:%d", name, oldip,
+		    oldport, newip, newport);
 		redis_set_master(newip, newport);
+	}
 }
 
 static void

@@ -493,6 +493,10 @@ START_TEST(t_reshard)
     H_CHECK(src_keys == 0 && dst_keys > 0, "keys of slot %d: %lld on the old master, %lld "
             "on the new", m->slot, src_keys, dst_keys);
     H_CHECK(after_ok > 0, "no pub after the move was ok");
+    /* The move was met: the old master redirected the daemon. */
+    H_CHECK(seen[0][0] + seen[0][1] > 0, "the old master answered no ASK or MOVED");
+    H_CHECK(h_metric_now("streambus_redis_redirects_total", "") > 0,
+            "streambus_redis_redirects_total did not count the redirections");
     traffic_verdict(&t, "the new master");
     traffic_verdict_refusals(&t);
     traffic_close(&t);

@@ -347,6 +347,11 @@ START_TEST(t_failover_manual)
     char *want = h_fmt("master is now 127.0.0.1:%d", SN.port[1]);
     H_CHECK(daemon_log_has(want), "daemon log lacks '%s'", want);
     free(want);
+    /* Followed by the sentinels' message, not only by the 5 s poll. */
+    want = h_fmt("+switch-master: " SN_MASTER_NAME " from 127.0.0.1:%d to 127.0.0.1:%d",
+                 SN.port[0], SN.port[1]);
+    H_CHECK(daemon_log_has(want), "daemon log lacks '%s'", want);
+    free(want);
 
     long lost = 0, dlost = 0;
     for (long i = 1; i < n; i++)
