@@ -32,7 +32,7 @@ CLIENT_OBJS := src/client.o
 BINS        := src/streambusd src/streambus-cli perf/streambus-bench
 
 CHECK_LIBS  := $(shell pkg-config --libs check 2>/dev/null)
-UNIT_TESTS  := tests/check_proto tests/check_config tests/check_metrics
+UNIT_TESTS  := tests/check_proto tests/check_config tests/check_metrics tests/check_redis
 INTEG_TESTS := tests/check_integration tests/check_abuse tests/check_sentinel tests/check_cluster
 TESTS       := $(UNIT_TESTS) $(INTEG_TESTS)
 

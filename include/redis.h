@@ -57,6 +57,10 @@ int redis_cmd(struct redis_link *l, redis_cb *cb, void *arg, const char *fmt, ..
 int redis_cmd_argv_ordered(struct redis_link *l, redis_cb *cb, void *arg, int argc,
     const char **argv, const size_t *argvlen);
 
+/* A command in RESP, as redisFormatCommandArgv() makes it (argvlen NULL:
+ * NUL-terminated arguments): its length and *out (free()), or -1. */
+int  redis_format_argv(char **out, int argc, const char **argv, const size_t *argvlen);
+
 /* Where to connect and how to log in; applies to links started after. */
 void redis_configure(const struct config *cfg);
 /* A new password (or none) for the links that connect from now on. */
