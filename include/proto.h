@@ -95,9 +95,9 @@ int  proto_parse_request(const char *line, size_t len, const struct proto_limits
     struct proto_request *req, struct proto_error *err);
 void proto_request_free(struct proto_request *req);
 /* The two parsers behind proto_parse_request, apart for the tests.  The
- * fast one reads only plain single pubs: 1 and *req filled (which must be
- * zeroed before), or 0 and *req unchanged, for the general one, which reads
- * everything. */
+ * fast one reads only plain single pubs and acks: 1 and *req filled (which
+ * must be zeroed before), or 0 and *req zeroed, for the general one, which
+ * reads everything. */
 int  proto_parse_fast(const char *line, size_t len, const struct proto_limits *lim,
     struct proto_request *req);
 int  proto_parse_general(const char *line, size_t len, const struct proto_limits *lim,

@@ -683,14 +683,15 @@ proto_parse_op(struct proto_request *req, const char *line, size_t len,
 }
 
 /*
- * The fast path of the hot request: a single pub whose envelope is plain --
- * known members once each, ASCII strings without escapes, an integer or
- * string rid, any valid JSON as data -- is read in one pass, without
- * jansson.  Anything else (escapes, other members, duplicates, a batch, an
- * invalid field) is left to the general parser, so that both give the same
- * request and every error comes from one place.
+ * The fast path of the hot requests: a single pub, or an ack, whose
+ * envelope is plain -- known members once each, ASCII strings without
+ * escapes, integers of at most 18 digits, any valid JSON as data -- is read
+ * in one pass, without jansson.  Anything else (escapes, other members,
+ * duplicates, a batch, an invalid field) is left to the general parser, so
+ * that both give the same request and every error comes from one place.
  */
-enum { PF_OP, PF_RID, PF_STREAM, PF_DATA, PF_TYPE, PF_MSGID, PF__COUNT };
+enum { PF_OP, PF_RID, PF_STREAM, PF_DATA, PF_TYPE, PF_MSGID, PF_SUB, PF_IDS, PF_ID,
+	PF__COUNT };
 
 static const struct {
 	const char *name;
@@ -698,6 +699,22 @@ static const struct {
 } proto_fast_members[PF__COUNT] = {
 	[PF_OP] = { "op", 2 }, [PF_RID] = { "rid", 3 }, [PF_STREAM] = { "stream", 6 },
 	[PF_DATA] = { "data", 4 }, [PF_TYPE] = { "type", 4 }, [PF_MSGID] = { "msgid", 5 },
+	[PF_SUB] = { "sub", 3 }, [PF_IDS] = { "ids", 3 }, [PF_ID] = { "id", 2 },
+};
+
+/* The members each op may have on the fast path. */
+#define PF_BIT(k)   (1u << (k))
+#define PF_PUB_SET  (PF_BIT(PF_OP) | PF_BIT(PF_RID) | PF_BIT(PF_STREAM) | PF_BIT(PF_DATA) | \
+		     PF_BIT(PF_TYPE) | PF_BIT(PF_MSGID))
+#define PF_ACK_SET  (PF_BIT(PF_OP) | PF_BIT(PF_RID) | PF_BIT(PF_SUB) | PF_BIT(PF_IDS) | \
+		     PF_BIT(PF_ID))
+
+struct proto_fast {
+	const char *vs[PF__COUNT], *ve[PF__COUNT];	/* value spans; vs NULL: absent */
+	size_t      n[PF__COUNT];	/* a string's length without its quotes */
+	unsigned    present;
+	long long   rid, sub;
+	size_t      nids;
 };
 
 /* A string of printable ASCII without escapes at p: past its closing
@@ -735,10 +752,46 @@ proto_plain_int(const char *p, const char *end, long long *v)
 	return p;
 }
 
-/* The members of a plain envelope: vs/ve span each value (NULL: absent). */
+/* A non-empty array of plain strings at p: past its ']', or NULL. */
+static const char *
+proto_plain_strings(const char *p, const char *end, size_t *n)
+{
+	*n = 0;
+	if (p >= end || *p != '[')
+		return NULL;
+	for (p = proto_skip_ws(p + 1, end);; p = proto_skip_ws(p + 1, end)) {
+		if ((p = proto_plain_string(p, end)) == NULL)
+			return NULL;
+		(*n)++;
+		p = proto_skip_ws(p, end);
+		if (p < end && *p == ']')
+			return p + 1;
+		if (p >= end || *p != ',')
+			return NULL;
+	}
+}
+
+static const char *
+proto_fast_value(int k, const char *p, const char *end, struct proto_fast *f)
+{
+	switch (k) {
+	case PF_DATA:
+		return proto_skip_value(p, end);	/* validated later */
+	case PF_RID:
+		return p < end && *p == '"' ? proto_plain_string(p, end) :
+		    proto_plain_int(p, end, &f->rid);
+	case PF_SUB:
+		return proto_plain_int(p, end, &f->sub);
+	case PF_IDS:
+		return proto_plain_strings(p, end, &f->nids);
+	default:
+		return proto_plain_string(p, end);
+	}
+}
+
+/* The members of a plain envelope. */
 static int
-proto_fast_scan(const char *p, const char *end, const char **vs, const char **ve,
-    long long *rid)
+proto_fast_scan(const char *p, const char *end, struct proto_fast *f)
 {
 	p = proto_skip_ws(p, end);
 	if (p >= end || *p != '{')
@@ -751,21 +804,18 @@ proto_fast_scan(const char *p, const char *end, const char **vs, const char **ve
 		while (k < PF__COUNT && ((size_t)(ke - 1 - ks) != proto_fast_members[k].len ||
 		    memcmp(ks, proto_fast_members[k].name, proto_fast_members[k].len) != 0))
 			k++;
-		if (k == PF__COUNT || vs[k] != NULL)
+		if (k == PF__COUNT || (f->present & PF_BIT(k)))
 			return -1;	/* another member, or a duplicate */
 		p = proto_skip_ws(ke, end);
 		if (p >= end || *p != ':')
 			return -1;
-		vs[k] = p = proto_skip_ws(p + 1, end);
-		if (k == PF_DATA)
-			ve[k] = proto_skip_value(p, end);	/* validated later */
-		else if (k == PF_RID && p < end && *p != '"')
-			ve[k] = proto_plain_int(p, end, rid);
-		else
-			ve[k] = proto_plain_string(p, end);
-		if (ve[k] == NULL)
+		f->vs[k] = p = proto_skip_ws(p + 1, end);
+		if ((f->ve[k] = proto_fast_value(k, p, end, f)) == NULL)
 			return -1;
-		p = proto_skip_ws(ve[k], end);
+		f->present |= PF_BIT(k);
+		if (p < f->ve[k] && *p == '"')
+			f->n[k] = (size_t)(f->ve[k] - p) - 2;
+		p = proto_skip_ws(f->ve[k], end);
 		if (p < end && *p == ',')
 			p = proto_skip_ws(p + 1, end);
 		else
@@ -773,60 +823,115 @@ proto_fast_scan(const char *p, const char *end, const char **vs, const char **ve
 	}
 }
 
+/* Member k's string, NUL-terminated at *at (which moves past it). */
+static const char *
+proto_fast_copy(const struct proto_fast *f, int k, char **at)
+{
+	char *s = *at;
+
+	memcpy(s, f->vs[k] + 1, f->n[k]);
+	s[f->n[k]] = '\0';
+	*at += f->n[k] + 1;
+	return s;
+}
+
+/* A single pub: the stream, type and msgid copied to text. */
+static int
+proto_fast_pub(struct proto_fast *f, const struct proto_limits *lim,
+    struct proto_request *req, char *text)
+{
+	size_t dlen;
+	char *at = text;
+
+	if ((f->present & ~PF_PUB_SET) || !(f->present & PF_BIT(PF_STREAM)) ||
+	    !(f->present & PF_BIT(PF_DATA)))
+		return 0;
+	dlen = (size_t)(f->ve[PF_DATA] - f->vs[PF_DATA]);
+	if (!config_valid_stream_name(f->vs[PF_STREAM] + 1, f->n[PF_STREAM]) ||
+	    f->n[PF_TYPE] > PROTO_MAX_NAME || f->n[PF_MSGID] > PROTO_MAX_NAME ||
+	    ((f->present & PF_BIT(PF_MSGID)) && f->n[PF_MSGID] == 0) ||
+	    dlen > lim->max_payload || !proto_json_valid(f->vs[PF_DATA], dlen) ||
+	    (req->msgs = calloc(1, sizeof(*req->msgs))) == NULL)
+		return 0;
+	req->op = OP_PUB;
+	req->nmsgs = 1;
+	req->stream = proto_fast_copy(f, PF_STREAM, &at);
+	if (f->present & PF_BIT(PF_TYPE))
+		req->msgs[0].type = proto_fast_copy(f, PF_TYPE, &at);
+	if (f->present & PF_BIT(PF_MSGID))
+		req->msgs[0].msgid = proto_fast_copy(f, PF_MSGID, &at);
+	req->msgs[0].data = f->vs[PF_DATA];
+	req->msgs[0].data_len = dlen;
+	return 1;
+}
+
+/* An ack of "ids" or "id": the ids copied to text. */
+static int
+proto_fast_ack(struct proto_fast *f, struct proto_request *req, char *text)
+{
+	int ids = (f->present & PF_BIT(PF_IDS)) != 0;
+	size_t n = ids ? f->nids : 1;
+	const char *p;
+
+	if ((f->present & ~PF_ACK_SET) || !(f->present & PF_BIT(PF_SUB)) || f->sub < 1 ||
+	    ids == ((f->present & PF_BIT(PF_ID)) != 0) || n > PROTO_MAX_IDS ||
+	    (req->ids = calloc(n, sizeof(*req->ids))) == NULL)
+		return 0;
+	req->op = OP_ACK;
+	req->sub = (long)f->sub;
+	req->nids = n;
+	if (!ids) {
+		req->ids[0] = proto_fast_copy(f, PF_ID, &text);
+		return proto_valid_id(req->ids[0]);
+	}
+	p = f->vs[PF_IDS];
+	for (size_t i = 0; i < n; i++) {
+		p = memchr(p, '"', (size_t)(f->ve[PF_IDS] - p)) + 1;
+		size_t len = (size_t)((const char *)memchr(p, '"', (size_t)(f->ve[PF_IDS] - p)) - p);
+		memcpy(text, p, len);
+		text[len] = '\0';
+		req->ids[i] = text;
+		if (!proto_valid_id(text))
+			return 0;
+		text += len + 1;
+		p += len + 1;
+	}
+	return 1;
+}
+
 int
 proto_parse_fast(const char *line, size_t len, const struct proto_limits *lim,
     struct proto_request *req)
 {
-	const char *end = line + len, *vs[PF__COUNT] = { NULL }, *ve[PF__COUNT];
-	size_t n[PF__COUNT] = { 0 }, total = 0;
-	long long rid_int = 0;
-	struct proto_msg *msg;
-	json_t *rid;
-	char *text, *at;
+	struct proto_fast f;
+	json_t *rid = NULL;
+	char *text;
+	int ok;
 
-	if (proto_fast_scan(line, end, vs, ve, &rid_int) != 0 || vs[PF_OP] == NULL ||
-	    vs[PF_STREAM] == NULL || vs[PF_DATA] == NULL ||
-	    ve[PF_OP] - vs[PF_OP] != 5 || memcmp(vs[PF_OP], "\"pub\"", 5) != 0)
+	memset(&f, 0, sizeof(f));
+	if (proto_fast_scan(line, line + len, &f) != 0 || !(f.present & PF_BIT(PF_OP)) ||
+	    f.n[PF_OP] != 3 || (memcmp(f.vs[PF_OP], "\"pub\"", 5) != 0 &&
+	    memcmp(f.vs[PF_OP], "\"ack\"", 5) != 0))
 		return 0;
-	for (int k = 0; k < PF__COUNT; k++)
-		if (vs[k] != NULL && k != PF_DATA && (k != PF_RID || *vs[k] == '"'))
-			n[k] = (size_t)(ve[k] - vs[k]) - 2;	/* without the quotes */
-	n[PF_DATA] = (size_t)(ve[PF_DATA] - vs[PF_DATA]);
-	if (!config_valid_stream_name(vs[PF_STREAM] + 1, n[PF_STREAM]) ||
-	    n[PF_TYPE] > PROTO_MAX_NAME || n[PF_MSGID] > PROTO_MAX_NAME ||
-	    (vs[PF_MSGID] != NULL && n[PF_MSGID] == 0) || n[PF_DATA] > lim->max_payload ||
-	    !proto_json_valid(vs[PF_DATA], n[PF_DATA]))
+	/* Every string it copies is within the line: len bytes hold them all. */
+	if ((text = malloc(len + 1)) == NULL)
 		return 0;
-	total = n[PF_STREAM] + n[PF_TYPE] + n[PF_MSGID] + 3;
-	rid = vs[PF_RID] == NULL ? NULL : *vs[PF_RID] == '"' ?
-	    json_stringn(vs[PF_RID] + 1, n[PF_RID]) : json_integer(rid_int);
-	text = malloc(total);
-	msg = calloc(1, sizeof(*msg));
-	if ((vs[PF_RID] != NULL && rid == NULL) || text == NULL || msg == NULL) {
+	if (f.present & PF_BIT(PF_RID))
+		rid = *f.vs[PF_RID] == '"' ? json_stringn(f.vs[PF_RID] + 1, f.n[PF_RID]) :
+		    json_integer(f.rid);
+	ok = (rid != NULL || !(f.present & PF_BIT(PF_RID))) &&
+	    (f.vs[PF_OP][1] == 'p' ? proto_fast_pub(&f, lim, req, text) :
+	    proto_fast_ack(&f, req, text));
+	if (!ok) {
 		json_decref(rid);
 		free(text);
-		free(msg);
-		return 0;	/* out of memory: the general parser says so */
+		free(req->msgs);
+		free(req->ids);
+		memset(req, 0, sizeof(*req));
+		return 0;
 	}
 	req->rid = rid;
-	req->msgs = msg;
-	req->text = at = text;
-	req->stream = memcpy(at, vs[PF_STREAM] + 1, n[PF_STREAM]);
-	at[n[PF_STREAM]] = '\0';
-	at += n[PF_STREAM] + 1;
-	if (vs[PF_TYPE] != NULL) {
-		req->msgs[0].type = memcpy(at, vs[PF_TYPE] + 1, n[PF_TYPE]);
-		at[n[PF_TYPE]] = '\0';
-		at += n[PF_TYPE] + 1;
-	}
-	if (vs[PF_MSGID] != NULL) {
-		req->msgs[0].msgid = memcpy(at, vs[PF_MSGID] + 1, n[PF_MSGID]);
-		at[n[PF_MSGID]] = '\0';
-	}
-	req->op = OP_PUB;
-	req->nmsgs = 1;
-	req->msgs[0].data = vs[PF_DATA];
-	req->msgs[0].data_len = n[PF_DATA];
+	req->text = text;
 	return 1;
 }
 

@@ -964,6 +964,12 @@ START_TEST(test_parse_pub_fast)
 		"{\"op\":\"pub\",\"rid\":\"r 1\",\"stream\":\"s\",\"data\":-1.5e3,\"type\":\"\"}",
 		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":\"\\\"\\\\\"}",
 		"{\"op\":\"pub\",\"stream\":\"s\",\"data\":[]\t}",
+		"{\"op\":\"ack\",\"sub\":1,\"ids\":[\"1-0\"]}",
+		"{\"op\":\"ack\",\"rid\":\"a\",\"sub\":999999999999999999,"
+		    "\"ids\":[ \"1732550000000-0\" , \"1732550000000-12\" ]}",
+		"{\"ids\":[\"0-1\",\"18446744073709551615-18446744073709551615\"],"
+		    "\"op\":\"ack\",\"sub\":3}",
+		"{\"op\":\"ack\",\"sub\":2,\"id\":\"5-5\",\"rid\":-4}",
 	};
 	static const char *const left[] = {
 		/* not a pub, or not a single one */
@@ -1000,6 +1006,26 @@ START_TEST(test_parse_pub_fast)
 		"{}",
 		"",
 		"[\"op\",\"pub\"]",
+		/* acks the general parser must read or refuse */
+		"{\"op\":\"ack\",\"sub\":1,\"ids\":[]}",
+		"{\"op\":\"ack\",\"sub\":0,\"ids\":[\"1-0\"]}",
+		"{\"op\":\"ack\",\"sub\":-1,\"id\":\"1-0\"}",
+		"{\"op\":\"ack\",\"sub\":\"1\",\"id\":\"1-0\"}",
+		"{\"op\":\"ack\",\"ids\":[\"1-0\"]}",
+		"{\"op\":\"ack\",\"sub\":1}",
+		"{\"op\":\"ack\",\"sub\":1,\"id\":\"1-0\",\"ids\":[\"1-0\"]}",
+		"{\"op\":\"ack\",\"sub\":1,\"ids\":[\"1-0\",2]}",
+		"{\"op\":\"ack\",\"sub\":1,\"ids\":[\"1-0\",]}",
+		"{\"op\":\"ack\",\"sub\":1,\"ids\":[\"1-0\" \"2-0\"]}",
+		"{\"op\":\"ack\",\"sub\":1,\"ids\":[\"1-0\"}",
+		"{\"op\":\"ack\",\"sub\":1,\"ids\":[\"1-x\"]}",
+		"{\"op\":\"ack\",\"sub\":1,\"ids\":[\"18446744073709551616-0\"]}",
+		"{\"op\":\"ack\",\"sub\":1,\"id\":\"-1-0\"}",
+		"{\"op\":\"ack\",\"sub\":1,\"ids\":[\"1-0\"],\"stream\":\"s\"}",
+		"{\"op\":\"ack\",\"sub\":1,\"ids\":[\"1-0\"],\"reason\":\"x\"}",
+		"{\"op\":\"pub\",\"sub\":1,\"stream\":\"s\",\"data\":1}",
+		"{\"op\":\"nack\",\"sub\":1,\"ids\":[\"1-0\"]}",
+		"{\"op\":\"ack\",\"sub\":1,\"data\":",
 	};
 	char *big = t_rep('x', 63), *line;
 
@@ -1024,6 +1050,18 @@ START_TEST(test_parse_pub_fast)
 	t_fast_vs_general(line, 0);
 	free(line);
 	free(big);
+	/* PROTO_MAX_IDS ids in an ack, and one more. */
+	for (size_t n = PROTO_MAX_IDS; n <= PROTO_MAX_IDS + 1; n++) {
+		size_t cap = 64 + n * 8, at;
+		line = malloc(cap);
+		ck_assert_ptr_nonnull(line);
+		at = (size_t)snprintf(line, cap, "{\"op\":\"ack\",\"sub\":1,\"ids\":[");
+		for (size_t i = 0; i < n; i++)
+			at += (size_t)snprintf(line + at, cap - at, "%s\"%zu-0\"", i ? "," : "", i % 10);
+		snprintf(line + at, cap - at, "]}");
+		t_fast_vs_general(line, n == PROTO_MAX_IDS);
+		free(line);
+	}
 }
 END_TEST
 

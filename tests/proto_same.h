@@ -1,7 +1,7 @@
 /*
  * proto_same.h: whether two parsed requests say the same, for the tests
- * that hold the fast pub parser to the general one (check_proto,
- * fuzz_proto).  Compares what a pub request carries.
+ * that hold the fast parser to the general one (check_proto, fuzz_proto).
+ * Compares what a pub or an ack carries.
  */
 #ifndef PROTO_SAME_H
 #define PROTO_SAME_H
@@ -17,7 +17,7 @@ proto_same_str(const char *a, const char *b)
 	return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
-/* 1 when a and b are the same pub; else 0 and why. */
+/* 1 when a and b are the same pub or ack; else 0 and why. */
 static int
 proto_same_request(const struct proto_request *a, const struct proto_request *b,
     char *why, size_t whylen)
@@ -31,6 +31,11 @@ proto_same_request(const struct proto_request *a, const struct proto_request *b,
 	else if ((a->rid == NULL) != (b->rid == NULL) ||
 	    (a->rid != NULL && !json_equal(a->rid, b->rid)))
 		what = "rid";
+	else if (a->sub != b->sub || a->nids != b->nids)
+		what = "sub or id count";
+	for (size_t i = 0; what == NULL && i < a->nids; i++)
+		if (!proto_same_str(a->ids[i], b->ids[i]))
+			what = "ids";
 	for (size_t i = 0; what == NULL && i < a->nmsgs; i++) {
 		const struct proto_msg *x = &a->msgs[i], *y = &b->msgs[i];
 		if (x->data_len != y->data_len || memcmp(x->data, y->data, x->data_len) != 0)
