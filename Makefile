@@ -11,7 +11,7 @@ DEB_PKGS := build-essential pkg-config libevent-dev libhiredis-dev \
 SANITIZE ?=
 
 CFLAGS   ?= -O2 -g
-CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Iinclude \
+CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wpointer-arith -Wshadow -Werror -Iinclude \
             $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 ifneq ($(SANITIZE),)

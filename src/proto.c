@@ -884,17 +884,19 @@ proto_fast_ack(struct proto_fast *f, struct proto_request *req, char *text)
 		req->ids[0] = proto_fast_copy(f, PF_ID, &text);
 		return proto_valid_id(req->ids[0]);
 	}
+	/* The scan checked the array: n plain strings, quotes around each. */
 	p = f->vs[PF_IDS];
 	for (size_t i = 0; i < n; i++) {
-		p = memchr(p, '"', (size_t)(f->ve[PF_IDS] - p)) + 1;
-		size_t len = (size_t)((const char *)memchr(p, '"', (size_t)(f->ve[PF_IDS] - p)) - p);
-		memcpy(text, p, len);
+		const char *open = memchr(p, '"', (size_t)(f->ve[PF_IDS] - p));
+		const char *close = memchr(open + 1, '"', (size_t)(f->ve[PF_IDS] - open - 1));
+		size_t len = (size_t)(close - open - 1);
+		memcpy(text, open + 1, len);
 		text[len] = '\0';
 		req->ids[i] = text;
 		if (!proto_valid_id(text))
 			return 0;
 		text += len + 1;
-		p += len + 1;
+		p = close + 1;
 	}
 	return 1;
 }

@@ -198,13 +198,13 @@ START_TEST(t_basic)
     H_CHECK(code == 200 && health && strstr(health, "\"cluster_masters\":3"),
             "/health: %d %s", code, health ? health : "(none)");
     free(health);
-    char *m = NULL;
-    code = h_http_get(H.metrics_port, "/metrics", &m, NULL);
-    H_CHECK(code == 200 && m && strstr(m, "\nstreambus_cluster_nodes 3\n") &&
-            strstr(m, "\nstreambus_cluster_slot_refreshes_total ") &&
-            strstr(m, "\nstreambus_redis_redirects_total "),
+    char *body = NULL;
+    code = h_http_get(H.metrics_port, "/metrics", &body, NULL);
+    H_CHECK(code == 200 && body && strstr(body, "\nstreambus_cluster_nodes 3\n") &&
+            strstr(body, "\nstreambus_cluster_slot_refreshes_total ") &&
+            strstr(body, "\nstreambus_redis_redirects_total "),
             "/metrics lacks the cluster metrics (%d)", code);
-    free(m);
+    free(body);
 
     /* One subscription per stream on one connection; every entry once. */
     long long subs[B_MAXS];
