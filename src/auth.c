@@ -104,9 +104,9 @@ auth_open_private(const char *path, const char *what, char *err, size_t errlen)
 		return NULL;
 	}
 	if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) ||
-	    (st.st_mode & (S_IRGRP | S_IROTH | S_IWOTH))) {
-		snprintf(err, errlen, "%s: %s must be a file not readable by other users "
-		    "(chmod 600)", path, what);
+	    (st.st_mode & (S_IRWXG | S_IRWXO))) {
+		snprintf(err, errlen, "%s: %s must be a file that only its owner may read "
+		    "or write (chmod 600)", path, what);
 		fclose(f);
 		return NULL;
 	}
@@ -122,6 +122,7 @@ auth_read_secret(const char *path, char *err, size_t errlen)
 
 	if (f == NULL)
 		return NULL;
+	setvbuf(f, NULL, _IONBF, 0);	/* no copy of the secret in a stdio buffer */
 	if (fgets(line, sizeof(line), f) == NULL)
 		line[0] = '\0';
 	line[strcspn(line, "\r\n")] = '\0';

@@ -1339,11 +1339,14 @@ wait_send(struct wait_batch *w)
 }
 
 /* Sends the WAIT of each batch whose link has none in flight (of every
- * batch when stopping: the links go next and answer them all). */
+ * batch when stopping: the links go next and answer them all).  A failed
+ * send answers its pubs at once, which may take more requests of a paused
+ * connection and so add batches meanwhile: those go in front of the ones
+ * kept. */
 static void
 wait_flush(evutil_socket_t fd, short what, void *arg)
 {
-	struct wait_batch *w, *list = B.waits, **keep = &B.waits;
+	struct wait_batch *w, *list = B.waits, *kept = NULL, **tail = &kept;
 
 	(void)fd;
 	(void)what;
@@ -1353,11 +1356,13 @@ wait_flush(evutil_socket_t fd, short what, void *arg)
 		list = w->next;
 		if (!B.stopping && wait_inflight(w->link)) {
 			w->next = NULL;
-			*keep = w;
-			keep = &w->next;
+			*tail = w;
+			tail = &w->next;
 		} else
 			wait_send(w);
 	}
+	*tail = B.waits;
+	B.waits = kept;
 }
 
 /* p's entries were sent on durable link l: confirm them with the next
@@ -1371,8 +1376,12 @@ wait_enqueue(struct pending *p, struct redis_link *l)
 	while (w != NULL && w->link != l)
 		w = w->next;
 	if (w == NULL) {
-		if ((w = calloc(1, sizeof(*w))) == NULL)
+		if ((w = calloc(1, sizeof(*w))) == NULL ||
+		    (w->p = calloc(BROKER_WAIT_BATCH_MIN, sizeof(*w->p))) == NULL) {
+			free(w);
 			return -1;
+		}
+		w->cap = BROKER_WAIT_BATCH_MIN;
 		w->link = l;
 		w->next = B.waits;
 		B.waits = w;
@@ -1380,7 +1389,7 @@ wait_enqueue(struct pending *p, struct redis_link *l)
 			event_active(B.wait_ev, EV_TIMEOUT, 0);
 	}
 	if (w->n == w->cap) {
-		size_t cap = w->cap ? w->cap * 2 : BROKER_WAIT_BATCH_MIN;
+		size_t cap = w->cap * 2;
 		struct pending **np = realloc(w->p, cap * sizeof(*np));
 		if (np == NULL)
 			return -1;

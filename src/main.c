@@ -192,6 +192,43 @@ main_notify(evutil_socket_t fd, short what, void *arg)
 
 /* ---- reload ---- */
 
+/* What the running daemon is bound to stays for a restart: the running
+ * values move into ncfg, the new ones go with old (freed next), so that
+ * the configuration kept says what is in effect.  The url's user and db
+ * stay with it; a password_file's password is the new one.  1 if any of
+ * them differed. */
+static int
+main_keep_bound(struct config *ncfg, struct config *old)
+{
+	char **keep[][2] = {
+		{ &ncfg->listen, &old->listen }, { &ncfg->unix_socket, &old->unix_socket },
+		{ &ncfg->metrics_listen, &old->metrics_listen },
+		{ &ncfg->redis_url_text, &old->redis_url_text }, { &ncfg->prefix, &old->prefix },
+		{ &ncfg->cluster, &old->cluster }, { &ncfg->sentinels, &old->sentinels },
+		{ &ncfg->master_name, &old->master_name },
+	};
+	struct redis_url url = ncfg->redis;
+	int changed = ncfg->connect_timeout_ms != old->connect_timeout_ms ||
+	    ncfg->unix_socket_mode != old->unix_socket_mode;
+
+	for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++) {
+		char *v = *keep[i][0];
+		changed |= !util_streq(v, *keep[i][1]);
+		*keep[i][0] = *keep[i][1];
+		*keep[i][1] = v;
+	}
+	ncfg->connect_timeout_ms = old->connect_timeout_ms;
+	ncfg->unix_socket_mode = old->unix_socket_mode;
+	ncfg->redis = old->redis;
+	old->redis = url;
+	if (ncfg->password_file != NULL) {
+		char *pw = ncfg->redis.password;
+		ncfg->redis.password = old->redis.password;
+		old->redis.password = pw;
+	}
+	return changed;
+}
+
 static void
 main_reload(void)
 {
@@ -199,6 +236,7 @@ main_reload(void)
 	struct auth_table *nauth = NULL;
 	struct config *ncfg = main_load_config(&nauth, err, sizeof(err));
 	struct config *old = M.cfg;
+	const char *running_password;
 
 	sd_notify(0, "RELOADING=1");
 	if (ncfg == NULL) {
@@ -206,32 +244,17 @@ main_reload(void)
 		log_err("main", 0, "reload failed, keeping the running configuration: %s", err);
 		return;
 	}
-	/* What the running daemon is bound to stays; say so. */
-	if (strcmp(ncfg->listen, old->listen) != 0 ||
-	    strcmp(ncfg->redis_url_text, old->redis_url_text) != 0 ||
-	    strcmp(ncfg->prefix, old->prefix) != 0 ||
-	    !util_streq(ncfg->cluster, old->cluster) ||
-	    !util_streq(ncfg->sentinels, old->sentinels) ||
-	    ncfg->connect_timeout_ms != old->connect_timeout_ms ||
-	    (ncfg->unix_socket == NULL) != (old->unix_socket == NULL) ||
-	    (ncfg->unix_socket && strcmp(ncfg->unix_socket, old->unix_socket) != 0) ||
-	    (ncfg->metrics_listen == NULL) != (old->metrics_listen == NULL) ||
-	    (ncfg->metrics_listen && strcmp(ncfg->metrics_listen, old->metrics_listen) != 0))
-		log_warn("main", 0, "reload: listen, unix_socket, metrics.listen, redis.url, "
-		    "redis.prefix, redis.cluster, redis.sentinels and connect_timeout_ms change "
-		    "only on restart; keeping the running values");
-	/* A new password (a rotated password_file) serves the next connections. */
-	if (strcmp(ncfg->redis_url_text, old->redis_url_text) == 0 &&
-	    !util_streq(ncfg->redis.password, old->redis.password)) {
+	/* The password in effect: a rotated password_file serves the next
+	 * connections to Redis. */
+	running_password = old->redis.password;
+	if (main_keep_bound(ncfg, old))
+		log_warn("main", 0, "reload: listen, unix_socket, unix_socket_mode, "
+		    "metrics.listen, redis.url, redis.prefix, redis.cluster, redis.sentinels, "
+		    "redis.master_name and connect_timeout_ms change only on restart; keeping "
+		    "the running values");
+	if (!util_streq(ncfg->redis.password, running_password)) {
 		redis_set_password(ncfg->redis.password);
 		log_info("main", 0, "reload: new Redis password; used from the next connection");
-	}
-	free(ncfg->prefix);
-	ncfg->prefix = strdup(old->prefix);
-	if (ncfg->prefix == NULL) {
-		config_free(ncfg);
-		auth_free(nauth);
-		return;
 	}
 	conn_set_auth(nauth);
 	auth_free(M.auth);

@@ -963,12 +963,12 @@ proto_parse_general(const char *line, size_t len, const struct proto_limits *lim
 	memset(req, 0, sizeof(*req));
 	req->delay_ms = -1;
 	err->rid = NULL;
+	err->limit = NULL;
 	/* jansson skips a raw NUL after a number or literal ("1\0" loads as
 	 * 1), and data is stored as written: no NUL byte is valid JSON. */
 	if ((nul = memchr(line, '\0', len)) != NULL)
 		return proto_fail(err, "bad_json", "invalid JSON at column %zu: a NUL byte",
 		    (size_t)(nul - line) + 1);
-	err->limit = NULL;
 	masked = proto_mask_data(line, len, &mlen);
 	req->root = json_loadb(masked ? masked : line, masked ? mlen : len,
 	    JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);

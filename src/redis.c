@@ -331,11 +331,13 @@ redis_send(struct redis_link *l, redis_cb *cb, void *arg, int argc,
 {
 	struct redis_call *call;
 	char *cmd = NULL;
+	int len;
 
 	if (l->ac == NULL || (call = redis_call_new(l, cb, arg)) == NULL)
 		return -1;
 	call->ordered = ordered;
-	return redis_queue(l, call, cmd, redis_format_argv(&cmd, argc, argv, argvlen));
+	len = redis_format_argv(&cmd, argc, argv, argvlen);
+	return redis_queue(l, call, cmd, len);
 }
 
 int

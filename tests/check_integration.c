@@ -2688,25 +2688,45 @@ START_TEST(t_redis_acl_user_password_file)
     n = redis_clients_of("sbuser", 3, &in_db);
     ck_assert_msg(n >= 1 && in_db == n, "after the rotation: %d connections of sbuser, %d in db 3",
                   n, in_db);
+
+    /* A reload that also changes a restart-only setting (kept, and said
+     * so) still takes the file's new password. */
+    r = h_redis_at(H.redis_port, "ACL SETUSER sbuser resetpass >third-pw");
+    ck_assert_msg(r && r->type == REDIS_REPLY_STATUS, "ACL SETUSER resetpass failed");
+    freeReplyObject(r);
+    free(write_password("third-pw", 0600));
+    snprintf(H.conf_redis, sizeof H.conf_redis, "%sprefix = other:\n", lines);
+    h_write_conf(H.conf_path);
+    ck_assert_int_eq(kill(H.daemon.pid, SIGHUP), 0);
+    ck_assert_msg(log_has_soon("change only on restart"), "no warning for the url change");
+    ck_assert_msg(log_has_soon("configuration reloaded"), "no reload");
+    r = h_redis_at(H.redis_port, "CLIENT KILL USER sbuser");
+    ck_assert_msg(r && r->type == REDIS_REPLY_INTEGER && r->integer >= 1, "CLIENT KILL failed");
+    freeReplyObject(r);
+    ck_assert_msg(pub_until_ok(c, "acl", 10000), "no pub ok after the second rotation");
+    ck_assert_int_eq(redis_int_in_db(3, "XLEN sb:acl"), 3);
+    ck_assert_int_eq(redis_int_in_db(3, "EXISTS other:acl"), 0);
     free(pwf);
     free(lines);
 }
 END_TEST
 
 /* Refused at start, exit 2 and a clear message: a password file others can
- * read, a password both in the url and the file, a user without one. */
+ * read, or its group write, a password both in the url and the file, a
+ * user without one. */
 START_TEST(t_redis_password_refused)
 {
     char *pwf = write_password("pw", 0644);
-    const char *why[3] = { "not readable by other users", "give one of them", "but no password" };
-    const char *user[3] = { "u", "u:pw", "u" };
+    const mode_t mode[4] = { 0644, 0620, 0600, 0600 };
+    const char *why[4] = { "only its owner may read or write", "only its owner may read or write",
+                           "give one of them", "but no password" };
+    const char *user[4] = { "u", "u", "u:pw", "u" };
     char *lines = h_fmt("password_file = %s\n", pwf);
-    for (int i = 0; i < 3; i++) {
-        if (i == 1)
-            ck_assert_int_eq(chmod(pwf, 0600), 0);
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(chmod(pwf, mode[i]), 0);
         snprintf(H.redis_url, sizeof H.redis_url, "redis://%s@127.0.0.1:%d/0", user[i],
                  H.redis_port);
-        snprintf(H.conf_redis, sizeof H.conf_redis, "%s", i < 2 ? lines : "");
+        snprintf(H.conf_redis, sizeof H.conf_redis, "%s", i < 3 ? lines : "");
         ck_assert_int_eq(h_daemon_try_start(), -1);
         ck_assert_msg(H.daemon.reaped && WIFEXITED(H.daemon.status) &&
                       WEXITSTATUS(H.daemon.status) == 2, "case %d: status 0x%x, want exit 2",
