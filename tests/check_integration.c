@@ -2590,6 +2590,19 @@ static int log_has_soon(const char *needle)
     return 0;
 }
 
+/* The daemon must refuse to start: exit 2, why in its log. */
+static void assert_start_refused(const char *why)
+{
+    ck_assert_int_eq(h_daemon_try_start(), -1);
+    ck_assert_msg(H.daemon.reaped && WIFEXITED(H.daemon.status) &&
+                  WEXITSTATUS(H.daemon.status) == 2, "status 0x%x, want exit 2 (%s)",
+                  H.daemon.status, why);
+    H.daemon_expected_dead = 1;
+    char *log = h_daemon_log();
+    ck_assert_msg(log && strstr(log, why), "log lacks '%s': %s", why, log ? log : "");
+    free(log);
+}
+
 /* A password file with mode, holding pw. */
 static char *write_password(const char *pw, mode_t mode)
 {
@@ -2727,15 +2740,7 @@ START_TEST(t_redis_password_refused)
         snprintf(H.redis_url, sizeof H.redis_url, "redis://%s@127.0.0.1:%d/0", user[i],
                  H.redis_port);
         snprintf(H.conf_redis, sizeof H.conf_redis, "%s", i < 3 ? lines : "");
-        ck_assert_int_eq(h_daemon_try_start(), -1);
-        ck_assert_msg(H.daemon.reaped && WIFEXITED(H.daemon.status) &&
-                      WEXITSTATUS(H.daemon.status) == 2, "case %d: status 0x%x, want exit 2",
-                      i, H.daemon.status);
-        H.daemon_expected_dead = 1;
-        char *log = h_daemon_log();
-        ck_assert_msg(log && strstr(log, why[i]), "case %d: log lacks '%s': %s", i, why[i],
-                      log ? log : "");
-        free(log);
+        assert_start_refused(why[i]);
     }
     free(lines);
     free(pwf);
@@ -2788,12 +2793,7 @@ START_TEST(t_auth_file_readable_refused)
     char *path = write_tokens(0644);
     char *srv = h_fmt("auth_tokens = %s\n", path);
     snprintf(H.conf_server, sizeof H.conf_server, "%s", srv);
-    ck_assert_int_eq(h_daemon_try_start(), -1);
-    ck_assert_msg(H.daemon.reaped && WIFEXITED(H.daemon.status) &&
-                  WEXITSTATUS(H.daemon.status) == 2,
-                  "daemon with a world-readable token file: status 0x%x, want exit 2",
-                  H.daemon.status);
-    H.daemon_expected_dead = 1;
+    assert_start_refused("token file must be a file that only its owner may read or write");
     free(path);
     free(srv);
 }
