@@ -2540,6 +2540,11 @@ START_TEST(t_auth_tokens)
     json_decref(h_err(h_req(c, "{'op':'stats'}"), "unauthorized"));
     json_decref(h_err(h_req(c, "{'op':'hello','name':'x'}"), "unauthorized"));
     json_decref(h_err(h_req(c, "{'op':'hello','token':'wrong'}"), "unauthorized"));
+    /* The comparison is whole: neither a prefix nor an extension of a token
+     * passes (auth_equal runs over the longer of the two). */
+    json_decref(h_err(h_req(c, "{'op':'hello','token':'tok-al'}"), "unauthorized"));
+    json_decref(h_err(h_req(c, "{'op':'hello','token':'tok-allx'}"), "unauthorized"));
+    json_decref(h_err(h_req(c, "{'op':'hello','token':''}"), "unauthorized"));
     json_decref(h_err(h_req(c, "{'op':'ping'}"), "unauthorized"));
     ck_assert_int_eq(h_redis_int("EXISTS sb:abc"), 0);
 
