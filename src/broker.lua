@@ -1,6 +1,9 @@
 -- broker.lua: the daemon's one Redis script, run with EVALSHA (EVAL until
--- SCRIPT LOAD has answered).  Each mode touches only the keys it declares,
--- all of one stream (one hash slot in a cluster).
+-- SCRIPT LOAD has answered).  Each mode writes only the keys it declares,
+-- all of one stream (one hash slot in a cluster).  own and reap also read
+-- liveness keys, liveprefix .. owner: the owners come from the hash, so
+-- they cannot be declared; on a cluster the prefix puts them in the
+-- stream's slot, which Redis allows.
 --   pub:     KEYS stream dedup dedupexp   ARGV pub window n {msgid nf fields...}...
 --            (dedup: msgid -> entry id; dedupexp: msgid -> when it expires)
 -- (claim, release and dead also take KEYS[4], the group's failure log:
